@@ -1,0 +1,47 @@
+//! `GlmForCausalLM` (THUDM/glm-4-9b-chat-hf) → llama.cpp `chatglm`.
+//!
+//! Pre-norm blocks, q/k/v with bias, fused gate/up MLP, interleaved partial RoPE.
+
+use super::{dense_block_tensor, global_tensor_role, layer_tensor, write_dense_hparams, Architecture, TensorRole};
+use crate::config::HfConfig;
+use crate::error::Result;
+use crate::gguf::Metadata;
+use crate::tokenizer::SpecialTokens;
+
+pub struct Glm;
+
+impl Architecture for Glm {
+    fn hf_name(&self) -> &'static str {
+        "GlmForCausalLM"
+    }
+
+    fn gguf_arch(&self) -> &'static str {
+        "chatglm"
+    }
+
+    fn write_hparams(&self, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
+        write_dense_hparams(self.gguf_arch(), config, meta)
+    }
+
+    fn tensor_role(&self, config: &HfConfig, hf_name: &str) -> Option<TensorRole> {
+        if let Some(role) = global_tensor_role(config, hf_name) {
+            return Some(role);
+        }
+        let (layer, rest) = layer_tensor(hf_name)?;
+        let gguf = match rest {
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            _ if rest.ends_with("rotary_emb.inv_freq") => return Some(TensorRole::Skip),
+            _ => dense_block_tensor(rest)?,
+        };
+        Some(TensorRole::Rename(format!("blk.{layer}.{gguf}")))
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            eos: Some("<|endoftext|>"),
+            eot: Some("<|user|>"),
+            unk: Some("<|endoftext|>"),
+            ..Default::default()
+        }
+    }
+}

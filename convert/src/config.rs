@@ -1,0 +1,168 @@
+//! Typed access to a Hugging Face `config.json`, tolerant of the field drift between
+//! transformers versions (rope fields moved under `rope_parameters`, `text_config` for
+//! multimodal checkpoints, list-valued `eos_token_id`).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{read_json, ConvertError, Result};
+
+#[derive(Debug, Clone)]
+pub struct HfConfig {
+    path: PathBuf,
+    root: Map<String, Value>,
+}
+
+impl HfConfig {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(ConvertError::config(
+                &path,
+                "missing: a Hugging Face checkpoint folder needs a config.json",
+            ));
+        }
+        let Value::Object(mut root) = read_json(&path)? else {
+            return Err(ConvertError::config(&path, "expected a JSON object"));
+        };
+        // Multimodal checkpoints keep the language model's fields in `text_config`;
+        // they win over the top level, as in transformers.
+        if let Some(Value::Object(text)) = root.get("text_config").cloned() {
+            root.extend(text);
+        }
+        Ok(Self { path, root })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The first entry of `architectures`, which selects the converter.
+    pub fn architecture(&self) -> Result<String> {
+        match self.root.get("architectures") {
+            Some(Value::Array(list)) => list
+                .first()
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| self.error("`architectures` is empty")),
+            Some(Value::String(name)) => Ok(name.clone()),
+            _ => Err(self.error("no `architectures` field: cannot tell which GLM variant this is")),
+        }
+    }
+
+    pub fn error(&self, message: impl Into<String>) -> ConvertError {
+        ConvertError::config(&self.path, message)
+    }
+
+    fn lookup(&self, key: &str) -> Option<&Value> {
+        self.root.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn opt_u64(&self, keys: &[&str]) -> Result<Option<u64>> {
+        for key in keys {
+            if let Some(value) = self.lookup(key) {
+                return value
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| self.error(format!("`{key}` must be a non-negative integer, found {value}")));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn u64(&self, keys: &[&str]) -> Result<u64> {
+        self.opt_u64(keys)?
+            .ok_or_else(|| self.error(format!("missing required field `{}`", keys[0])))
+    }
+
+    /// A u64 that GGUF stores as u32; larger values are an error, not a silent wrap.
+    pub fn u32(&self, keys: &[&str]) -> Result<u32> {
+        let value = self.u64(keys)?;
+        u32::try_from(value).map_err(|_| self.error(format!("`{}` = {value} is too large", keys[0])))
+    }
+
+    pub fn opt_u32(&self, keys: &[&str]) -> Result<Option<u32>> {
+        match self.opt_u64(keys)? {
+            Some(v) => u32::try_from(v)
+                .map(Some)
+                .map_err(|_| self.error(format!("`{}` = {v} is too large", keys[0]))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn opt_f64(&self, keys: &[&str]) -> Result<Option<f64>> {
+        for key in keys {
+            if let Some(value) = self.lookup(key) {
+                return value
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| self.error(format!("`{key}` must be a number, found {value}")));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn f64(&self, keys: &[&str]) -> Result<f64> {
+        self.opt_f64(keys)?
+            .ok_or_else(|| self.error(format!("missing required field `{}`", keys[0])))
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        self.lookup(key).and_then(Value::as_bool)
+    }
+
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        self.lookup(key).and_then(Value::as_str)
+    }
+
+    /// RoPE fields live at the top level in older configs and under `rope_parameters`
+    /// (transformers 5) or `rope_scaling` in newer ones.
+    pub fn rope_f64(&self, key: &str) -> Result<Option<f64>> {
+        if let Some(v) = self.opt_f64(&[key])? {
+            return Ok(Some(v));
+        }
+        for section in ["rope_parameters", "rope_scaling"] {
+            if let Some(v) = self.lookup(section).and_then(|s| s.get(key)) {
+                if v.is_null() {
+                    continue;
+                }
+                return v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| self.error(format!("`{section}.{key}` must be a number, found {v}")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The RoPE scaling object, if the checkpoint declares a non-default one.
+    pub fn rope_scaling(&self) -> Option<&Map<String, Value>> {
+        ["rope_scaling", "rope_parameters"]
+            .iter()
+            .filter_map(|k| self.lookup(k).and_then(Value::as_object))
+            .find(|m| {
+                let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str);
+                matches!(kind, Some(t) if t != "default")
+            })
+    }
+
+    /// Head dimension: `head_dim` when given, else hidden / heads.
+    pub fn head_dim(&self) -> Result<u64> {
+        if let Some(d) = self.opt_u64(&["head_dim"])? {
+            return Ok(d);
+        }
+        let hidden = self.u64(&["hidden_size"])?;
+        let heads = self.u64(&["num_attention_heads"])?;
+        if heads == 0 || hidden % heads != 0 {
+            return Err(self.error(format!(
+                "hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            )));
+        }
+        Ok(hidden / heads)
+    }
+
+    pub fn tie_word_embeddings(&self) -> bool {
+        self.opt_bool("tie_word_embeddings").unwrap_or(false)
+    }
+}

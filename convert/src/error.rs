@@ -1,0 +1,70 @@
+//! Errors of the conversion library. Every variant names the file it is about, so the
+//! CLI can print one line that tells the user what to fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: unsupported architecture {name:?} (supported: {supported})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        name: String,
+        supported: String,
+    },
+    #[error("{path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("tensor {name}: {message}")]
+    Tensor { name: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
+
+impl ConvertError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ConvertError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ConvertError::Config {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn tensor(name: impl Into<String>, message: impl Into<String>) -> Self {
+        ConvertError::Tensor {
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and parses a JSON file, naming the file in any error.
+pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| ConvertError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}

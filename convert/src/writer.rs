@@ -1,0 +1,272 @@
+//! The conversion driver: plan, header, then one streaming pass over the tensors.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::arch::{self, Architecture, PlannedTensor};
+use crate::checkpoint::{Checkpoint, TensorEntry};
+use crate::config::HfConfig;
+use crate::error::{read_json, ConvertError, Result};
+use crate::gguf::{self, Metadata, TensorHeader};
+use crate::tensor_type::{GgmlType, OutType};
+use crate::tokenizer::Vocabulary;
+
+/// Elements converted per step; bounds memory to a few of these buffers whatever the
+/// tensor size (a 151552×6144 embedding is 3.7 GB in f32).
+const CHUNK_ELEMENTS: usize = 1 << 22;
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub out_type: OutType,
+    /// `general.name`; defaults to the checkpoint folder name.
+    pub name: Option<String>,
+}
+
+/// Reports progress in source bytes; the CLI draws a bar, tests pass `()`.
+pub trait Progress: Sync {
+    fn begin(&self, _total_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+impl Progress for () {}
+
+#[derive(Debug, Clone)]
+pub struct ConvertSummary {
+    pub output: PathBuf,
+    pub architecture: String,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+}
+
+/// Converts the checkpoint folder `input` into the GGUF file `output`. The file appears
+/// only when complete: data goes to a temporary file beside it that is renamed at the end
+/// (and removed on any error).
+pub fn convert(input: &Path, output: &Path, options: &ConvertOptions, progress: &dyn Progress) -> Result<ConvertSummary> {
+    let config = HfConfig::load(input)?;
+    let hf_arch = config.architecture()?;
+    let arch = arch::find(&hf_arch).ok_or_else(|| ConvertError::UnsupportedArchitecture {
+        path: config.path().to_path_buf(),
+        name: hf_arch.clone(),
+        supported: arch::supported().join(", "),
+    })?;
+    let checkpoint = Checkpoint::open(input)?;
+    let planned = arch.plan(&config, &checkpoint)?;
+    let headers = plan_headers(&planned, &checkpoint, options.out_type)?;
+    let parameters = headers.iter().map(|h| h.ne.iter().product::<u64>()).sum();
+
+    let mut meta = Metadata::default();
+    write_general(&mut meta, input, arch, options, parameters)?;
+    arch.write_hparams(&config, &mut meta)?;
+    let vocab_size = embedding_rows(&checkpoint, &config)?;
+    let vocab = Vocabulary::load(input, vocab_size)?;
+    vocab.write_metadata(&mut meta, input, &config, &arch.special_tokens())?;
+
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".glm-convert-")
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|e| ConvertError::io(&dir, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file().try_clone().map_err(|e| ConvertError::io(temp.path(), e))?);
+    let io_err = |e| ConvertError::io(output, e);
+
+    let total: u64 = planned
+        .iter()
+        .flat_map(|p| &p.sources)
+        .filter_map(|s| checkpoint.get(s))
+        .map(|e| (e.n_elements() * e.dtype.size()) as u64)
+        .sum();
+    progress.begin(total);
+    let mut written = gguf::write_header(&mut out, &meta, &headers).map_err(io_err)?;
+    for (plan, header) in planned.iter().zip(&headers) {
+        written += write_tensor(&mut out, &checkpoint, plan, header, progress).map_err(|e| match e {
+            WriteError::Io(e) => io_err(e),
+            WriteError::Convert(e) => e,
+        })?;
+    }
+    out.flush().map_err(io_err)?;
+    drop(out);
+    temp.as_file().sync_all().map_err(io_err)?;
+    temp.persist(output).map_err(|e| ConvertError::io(output, e.error))?;
+    progress.finish();
+    Ok(ConvertSummary {
+        output: output.to_path_buf(),
+        architecture: arch.gguf_arch().to_owned(),
+        tensors: headers.len(),
+        parameters,
+        bytes: written,
+    })
+}
+
+/// The embedding's row count is the vocabulary size the token list must match.
+fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
+    let embed = checkpoint
+        .get("model.embed_tokens.weight")
+        .or_else(|| checkpoint.get("model.language_model.embed_tokens.weight"))
+        .ok_or_else(|| ConvertError::tensor("model.embed_tokens.weight", "missing from the checkpoint"))?;
+    let rows = embed.shape.first().copied().unwrap_or(0);
+    if let Some(v) = config.opt_u64(&["vocab_size", "padded_vocab_size"])? {
+        if v as usize != rows {
+            return Err(config.error(format!("vocab_size {v} differs from the embedding's {rows} rows")));
+        }
+    }
+    Ok(rows)
+}
+
+/// Which ggml type a tensor is stored as: vectors, norms and biases stay F32 (llama.cpp
+/// reads them as F32); quantized types fall back to F16 when rows are not whole blocks.
+pub fn storage_type(name: &str, ne: &[u64], out_type: OutType) -> GgmlType {
+    let is_matrix_weight = ne.len() >= 2 && name.ends_with(".weight") && !name.ends_with("_norm.weight");
+    if !is_matrix_weight {
+        return GgmlType::F32;
+    }
+    let wanted = out_type.ggml_type();
+    if ne[0] % wanted.block_elems() != 0 {
+        GgmlType::F16
+    } else {
+        wanted
+    }
+}
+
+fn plan_headers(planned: &[PlannedTensor], checkpoint: &Checkpoint, out_type: OutType) -> Result<Vec<TensorHeader>> {
+    let mut seen = std::collections::HashSet::new();
+    planned
+        .iter()
+        .map(|p| {
+            if !seen.insert(p.name.as_str()) {
+                return Err(ConvertError::tensor(&p.name, "planned twice (duplicate tensor names are a load error)"));
+            }
+            if p.name.len() > 63 {
+                return Err(ConvertError::tensor(&p.name, "name longer than ggml's 63-byte limit"));
+            }
+            let expected: u64 = p.ne.iter().product();
+            let mut found = 0u64;
+            for s in &p.sources {
+                let entry = checkpoint
+                    .get(s)
+                    .ok_or_else(|| ConvertError::tensor(s, "missing from the checkpoint"))?;
+                found += entry.n_elements() as u64;
+            }
+            if found != expected {
+                return Err(ConvertError::tensor(
+                    &p.name,
+                    format!("sources hold {found} values, shape {:?} needs {expected}", p.ne),
+                ));
+            }
+            Ok(TensorHeader {
+                name: p.name.clone(),
+                ne: p.ne.clone(),
+                ggml_type: storage_type(&p.name, &p.ne, out_type),
+            })
+        })
+        .collect()
+}
+
+enum WriteError {
+    Io(std::io::Error),
+    Convert(ConvertError),
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+/// Streams one tensor: row chunks are decoded to f32 and encoded in parallel, then written
+/// in order; consumed source pages are released right away.
+fn write_tensor<W: Write>(
+    out: &mut W,
+    checkpoint: &Checkpoint,
+    plan: &PlannedTensor,
+    header: &TensorHeader,
+    progress: &dyn Progress,
+) -> Result<u64, WriteError> {
+    let ty = header.ggml_type;
+    let mut written = 0u64;
+    for source in &plan.sources {
+        let entry = checkpoint
+            .get(source)
+            .ok_or_else(|| WriteError::Convert(ConvertError::tensor(source, "missing from the checkpoint")))?;
+        if entry.row_len() as u64 != header.ne[0] {
+            return Err(WriteError::Convert(ConvertError::tensor(
+                source,
+                format!("rows of {} values do not match the planned shape {:?}", entry.row_len(), header.ne),
+            )));
+        }
+        let rows_per_chunk = (CHUNK_ELEMENTS / entry.row_len().max(1)).max(1);
+        let mut row = 0;
+        while row < entry.n_rows() {
+            let end = (row + rows_per_chunk).min(entry.n_rows());
+            let bytes = checkpoint.row_bytes(entry, row..end);
+            written += encode_chunk(out, bytes, entry, ty)?;
+            checkpoint.release_rows(entry, row..end);
+            progress.advance(bytes.len() as u64);
+            row = end;
+        }
+    }
+    if written != header.n_bytes() {
+        return Err(WriteError::Convert(ConvertError::tensor(
+            &plan.name,
+            format!("wrote {written} bytes, header promised {}", header.n_bytes()),
+        )));
+    }
+    let pad = gguf::padding(written);
+    out.write_all(&vec![0u8; pad as usize])?;
+    Ok(written + pad)
+}
+
+fn encode_chunk<W: Write>(out: &mut W, bytes: &[u8], entry: &TensorEntry, ty: GgmlType) -> std::io::Result<u64> {
+    let src_row_bytes = entry.row_len() * entry.dtype.size();
+    // Whole source rows per task keep quantization blocks intact.
+    let rows_per_task = (bytes.len() / src_row_bytes / rayon::current_num_threads().max(1)).max(1);
+    let parts: Vec<Vec<u8>> = bytes
+        .par_chunks(rows_per_task * src_row_bytes)
+        .map(|part| {
+            let mut values = vec![0f32; part.len() / entry.dtype.size()];
+            entry.dtype.decode_into(part, &mut values);
+            let mut encoded = Vec::with_capacity(ty.row_bytes(values.len()));
+            ty.encode(&values, &mut encoded);
+            encoded
+        })
+        .collect();
+    let mut n = 0;
+    for part in parts {
+        out.write_all(&part)?;
+        n += part.len() as u64;
+    }
+    Ok(n)
+}
+
+fn write_general(meta: &mut Metadata, input: &Path, arch: &dyn Architecture, options: &ConvertOptions, parameters: u64) -> Result<()> {
+    let base = crate::model_base_name(input);
+    meta.set("general.architecture", arch.gguf_arch());
+    meta.set("general.type", "model");
+    meta.set("general.name", options.name.clone().unwrap_or_else(|| base.clone()));
+    meta.set("general.basename", base);
+    meta.set("general.size_label", crate::size_label(parameters));
+    meta.set("general.file_type", options.out_type.file_type());
+    meta.set("general.quantization_version", 2u32);
+    let generation = input.join("generation_config.json");
+    if generation.is_file() {
+        let g = read_json(&generation)?;
+        if let Some(t) = g.get("temperature").and_then(Value::as_f64) {
+            meta.set("general.sampling.temp", t as f32);
+        }
+        if let Some(p) = g.get("top_p").and_then(Value::as_f64) {
+            meta.set("general.sampling.top_p", p as f32);
+        }
+        if let Some(k) = g.get("top_k").and_then(Value::as_i64).and_then(|k| i32::try_from(k).ok()) {
+            meta.set("general.sampling.top_k", crate::gguf::MetaValue::I32(k));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Command-line definitions. This module only parses arguments and dispatches to
+//! `crate::commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+
+#[derive(Debug, Parser)]
+#[command(name = "glm", version, about = "Run the GLM model family locally: convert Hugging Face checkpoints to GGUF and generate with llama.cpp")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert a Hugging Face GLM checkpoint folder into a GGUF file.
+    Convert(ConvertArgs),
+    /// Generate an answer to one prompt.
+    Run(RunArgs),
+    /// Show a GGUF file's metadata and tensor table.
+    Inspect(InspectArgs),
+    /// Print the token ids of a text as a JSON list.
+    Tokenize(TokenizeArgs),
+    /// Write the model's logits for a prompt as JSON.
+    Logits(LogitsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Checkpoint folder (config.json, *.safetensors, tokenizer files).
+    pub input: PathBuf,
+    /// Output file [default: <folder name>-<TYPE>.gguf in the current directory].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Tensor type of the weight matrices: f32, f16, bf16 or q8_0.
+    #[arg(long = "type", default_value = "bf16", value_name = "TYPE")]
+    pub out_type: String,
+    /// `general.name` written into the file [default: the folder name].
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Where the model comes from and how it is loaded.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
+    pub model: PathBuf,
+    /// Context size in tokens [default: 4096].
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: u32,
+    /// CPU threads [default: all cores].
+    #[arg(short = 't', long)]
+    pub threads: Option<i32>,
+    /// Layers to offload to the GPU in GPU builds [default: all].
+    #[arg(long = "gpu-layers", value_name = "N")]
+    pub gpu_layers: Option<u32>,
+}
+
+/// How the prompt is turned into tokens.
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// Feed the text to the model as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// System prompt placed before the user's message.
+    #[arg(long, short = 's')]
+    pub system: Option<String>,
+    /// Let thinking models reason first (`enable_thinking=true` in the template).
+    #[arg(long, overrides_with = "no_think")]
+    pub think: bool,
+    /// Ask thinking models to answer directly (`enable_thinking=false`).
+    #[arg(long = "no-think", overrides_with = "think")]
+    pub no_think: bool,
+}
+
+impl PromptArgs {
+    pub fn enable_thinking(&self) -> Option<bool> {
+        match (self.think, self.no_think) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt_format: PromptArgs,
+    /// The prompt; `-` reads it from standard input.
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Sampling temperature; 0 picks the most likely token every time.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: i32,
+    /// Keep the most likely tokens up to this total probability (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the best one (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: i32,
+    /// Random seed [default: a fresh one each run].
+    #[arg(long)]
+    pub seed: Option<u32>,
+    /// Stop after this many generated tokens.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The GGUF file.
+    pub file: PathBuf,
+    /// Print every element of long arrays (token lists) instead of a summary.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// A GGUF file or Hugging Face checkpoint folder.
+    pub model: PathBuf,
+    /// The text; `-` reads it from standard input.
+    pub text: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt_format: PromptArgs,
+    /// Prompt text (rendered with the chat template unless --raw).
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    pub prompt: Option<String>,
+    /// Comma-separated token ids, evaluated as given.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<i32>>,
+    /// Logits of every position instead of the last one only.
+    #[arg(long)]
+    pub all: bool,
+    /// Output JSON file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Convert(args) => commands::convert::run(&args),
+        Command::Run(args) => commands::run::run(&args),
+        Command::Inspect(args) => commands::inspect::run(&args),
+        Command::Tokenize(args) => commands::tokenize::run(&args),
+        Command::Logits(args) => commands::logits::run(&args),
+    }
+}

@@ -1,0 +1,54 @@
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::cli::RunArgs;
+use crate::engine::Sampling;
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let user_text = super::text_argument(&args.prompt)?;
+    let engine = super::load_engine(&args.model)?;
+    let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text)?;
+    let tokens = engine.tokenize(&prompt);
+    let sampling = Sampling {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed: args.seed.unwrap_or_else(rand_seed),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_failed = None;
+    let stats = engine.generate(&tokens, args.max_tokens, &sampling, &super::context_options(&args.model), |text| {
+        match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_failed = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = write_failed {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    writeln!(stdout)?;
+    let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s",
+        stats.prompt_tokens,
+        rate(stats.prompt_tokens, stats.prompt_time),
+        stats.generated_tokens,
+        rate(stats.generated_tokens, stats.generation_time)
+    );
+    Ok(())
+}
+
+fn rand_seed() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+}

@@ -1,0 +1,305 @@
+//! The engine around llama.cpp: the only module that touches llama-cpp-2.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+/// Token texts that end a GLM turn; stopped on even when a file's metadata forgets one.
+const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|>"];
+
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// llama.cpp's backend may be initialised once per process; every engine shares it.
+fn backend() -> Result<&'static LlamaBackend> {
+    BACKEND
+        .get_or_init(|| {
+            let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            if std::env::var_os("GLM_LLAMA_LOG").is_none() {
+                backend.void_logs();
+            }
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("initialising llama.cpp: {e}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Layers to offload to the GPU (ignored by CPU-only builds).
+    pub gpu_layers: u32,
+    /// Load only the vocabulary (tokenization needs no weights).
+    pub vocab_only: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            gpu_layers: u32::MAX,
+            vocab_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub seed: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    pub ctx_size: u32,
+    pub threads: i32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub generated_tokens: usize,
+    pub generation_time: Duration,
+    /// True when the model ended its turn (not the token limit).
+    pub stopped_at_end_of_turn: bool,
+}
+
+pub struct Engine {
+    model: LlamaModel,
+    end_of_turn: Vec<LlamaToken>,
+}
+
+impl Engine {
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let backend = backend()?;
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(options.gpu_layers)
+            .with_vocab_only(options.vocab_only);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|e| anyhow!("{}: llama.cpp cannot load this file: {e}", path.display()))?;
+        let mut engine = Self {
+            model,
+            end_of_turn: Vec::new(),
+        };
+        engine.end_of_turn = GLM_END_OF_TURN
+            .iter()
+            .filter_map(|text| match engine.model.vocab().tokenize(text.as_bytes(), false, true)[..] {
+                [token] => Some(token),
+                _ => None,
+            })
+            .collect();
+        Ok(engine)
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        self.model.meta_val_str(key).ok()
+    }
+
+    pub fn chat_template(&self) -> Option<String> {
+        self.metadata("tokenizer.chat_template")
+    }
+
+    pub fn token_text(&self, id: i32) -> Option<String> {
+        let vocab = self.model.vocab();
+        let text = vocab.text(LlamaToken(id))?.to_string_lossy().into_owned();
+        Some(text)
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab().max(0) as usize
+    }
+
+    /// Tokenizes text as Hugging Face does with `add_special_tokens=False`: special
+    /// tokens written in the text become their single ids; nothing is prepended.
+    pub fn tokenize(&self, text: &str) -> Vec<i32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    pub fn is_end_of_turn(&self, token: LlamaToken) -> bool {
+        self.model.vocab().is_eog(token) || self.end_of_turn.contains(&token)
+    }
+
+    fn check_tokens(&self, tokens: &[i32]) -> Result<Vec<LlamaToken>> {
+        let n_vocab = self.n_vocab();
+        tokens
+            .iter()
+            .map(|&t| {
+                if t < 0 || t as usize >= n_vocab {
+                    bail!("token id {t} is outside the vocabulary (0..{n_vocab})")
+                }
+                Ok(LlamaToken(t))
+            })
+            .collect()
+    }
+
+    fn context(&self, options: &ContextOptions, min_ctx: usize) -> Result<LlamaContext<'_>> {
+        let n_ctx = options.ctx_size.max(min_ctx as u32).max(16);
+        let batch = n_ctx.min(2048);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch)
+            .with_n_ubatch(batch.min(512))
+            .with_n_threads(options.threads)
+            .with_n_threads_batch(options.threads);
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("cannot create a llama.cpp context of {n_ctx} tokens: {e}"))
+    }
+
+    /// Evaluates `tokens` (in batches) and returns the logits of every position when
+    /// `all_positions`, else of the last one only.
+    pub fn logits(&self, tokens: &[i32], all_positions: bool, options: &ContextOptions) -> Result<Vec<Vec<f32>>> {
+        if tokens.is_empty() {
+            bail!("no tokens to evaluate");
+        }
+        let tokens = self.check_tokens(tokens)?;
+        let mut ctx = self.context(options, tokens.len())?;
+        let n_batch = ctx.n_batch() as usize;
+        let mut rows = Vec::new();
+        for (chunk_index, chunk) in tokens.chunks(n_batch).enumerate() {
+            let start = chunk_index * n_batch;
+            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            for (i, token) in chunk.iter().enumerate() {
+                let pos = start + i;
+                let wanted = all_positions || pos + 1 == tokens.len();
+                batch.add(*token, pos as i32, &[0], wanted)?;
+            }
+            ctx.decode(&mut batch).context("llama.cpp failed to evaluate the tokens")?;
+            for (i, _) in chunk.iter().enumerate() {
+                let pos = start + i;
+                if all_positions || pos + 1 == tokens.len() {
+                    rows.push(ctx.get_logits_ith(i as i32).to_vec());
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of
+    /// complete UTF-8 text; stops at the end of the model's turn. `on_text` returning
+    /// `false` stops early (used for Ctrl-C).
+    pub fn generate(
+        &self,
+        prompt: &[i32],
+        max_tokens: usize,
+        sampling: &Sampling,
+        options: &ContextOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        let prompt = self.check_tokens(prompt)?;
+        let mut ctx = self.context(options, prompt.len() + max_tokens)?;
+        let mut stats = GenerationStats {
+            prompt_tokens: prompt.len(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let n_batch = ctx.n_batch() as usize;
+        let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+        for (chunk_index, chunk) in prompt.chunks(n_batch).enumerate() {
+            batch.clear();
+            for (i, token) in chunk.iter().enumerate() {
+                let pos = chunk_index * n_batch + i;
+                batch.add(*token, pos as i32, &[0], pos + 1 == prompt.len())?;
+            }
+            ctx.decode(&mut batch).context("llama.cpp failed to evaluate the prompt")?;
+        }
+        stats.prompt_time = started.elapsed();
+
+        let mut sampler = self.sampler(sampling);
+        sampler.accept_many(prompt.iter());
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let mut piece = Vec::new();
+        let mut text = String::new();
+        let mut position = prompt.len();
+        let started = Instant::now();
+        while stats.generated_tokens < max_tokens {
+            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+            if self.is_end_of_turn(token) {
+                stats.stopped_at_end_of_turn = true;
+                break;
+            }
+            stats.generated_tokens += 1;
+            piece.clear();
+            self.model.vocab().token_to_piece_into(token, &mut piece, false, None);
+            text.clear();
+            text.reserve(piece.len() + 4);
+            let _ = decoder.decode_to_string(&piece, &mut text, false);
+            if !text.is_empty() && !on_text(&text) {
+                break;
+            }
+            batch.clear();
+            batch.add(token, position as i32, &[0], true)?;
+            position += 1;
+            ctx.decode(&mut batch).context("llama.cpp failed to evaluate a generated token")?;
+        }
+        stats.generation_time = started.elapsed();
+        Ok(stats)
+    }
+
+    /// Greedy token ids, for parity tests against reference continuations.
+    pub fn greedy_tokens(&self, prompt: &[i32], count: usize, options: &ContextOptions) -> Result<Vec<i32>> {
+        let prompt = self.check_tokens(prompt)?;
+        let mut ctx = self.context(options, prompt.len() + count)?;
+        let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
+        batch.add_sequence(&prompt, 0, false)?;
+        ctx.decode(&mut batch).context("llama.cpp failed to evaluate the prompt")?;
+        let mut sampler = LlamaSampler::greedy();
+        let mut out = Vec::with_capacity(count);
+        let mut position = prompt.len();
+        for _ in 0..count {
+            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+            out.push(token.0);
+            batch.clear();
+            batch.add(token, position as i32, &[0], true)?;
+            position += 1;
+            ctx.decode(&mut batch).context("llama.cpp failed to evaluate a generated token")?;
+        }
+        Ok(out)
+    }
+
+    /// llama.cpp's usual sampler order: penalties, top-k, top-p, min-p, temperature, draw.
+    fn sampler(&self, s: &Sampling) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if s.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(self.model.n_vocab(), s.repeat_last_n, s.repeat_penalty, 0.0, 0.0));
+        }
+        if s.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if s.top_k > 0 {
+                chain.push(LlamaSampler::top_k(s.top_k));
+            }
+            if s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            if s.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(s.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(s.seed));
+        }
+        LlamaSampler::chain_simple(chain)
+    }
+}

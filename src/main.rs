@@ -1,0 +1,11 @@
+fn main() -> std::process::ExitCode {
+    match glm::cli::run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost message and its causes.
+            let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", causes.join(": "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

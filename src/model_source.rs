@@ -1,0 +1,73 @@
+//! Resolves what the user named as a model: a GGUF file is used as is; a Hugging Face
+//! checkpoint folder is converted once (BF16, lossless for BF16 checkpoints) into a cache
+//! and reused until the checkpoint changes.
+
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use glm_convert::{ConvertOptions, OutType};
+
+use crate::progress::ConvertProgress;
+
+pub fn resolve(model: &Path) -> Result<PathBuf> {
+    if model.is_dir() {
+        return cached_conversion(model);
+    }
+    if !model.exists() {
+        bail!("{}: no such file or folder", model.display());
+    }
+    check_gguf_magic(model)?;
+    Ok(model.to_path_buf())
+}
+
+pub fn check_gguf_magic(path: &Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+        bail!("{}: not a GGUF file (expected a .gguf file or a checkpoint folder)", path.display());
+    }
+    Ok(())
+}
+
+fn cached_conversion(dir: &Path) -> Result<PathBuf> {
+    let cache_dir = std::env::var_os("GLM_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))
+        .context("no cache directory: set GLM_CACHE_DIR")?;
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
+    let name = glm_convert::model_base_name(dir);
+    let file = cache_dir.join(format!("{name}-{:016x}-BF16.gguf", checkpoint_fingerprint(dir)?));
+    if !file.is_file() {
+        eprintln!("converting {} to {} (once)", dir.display(), file.display());
+        let options = ConvertOptions {
+            out_type: OutType::BF16,
+            name: None,
+        };
+        glm_convert::convert(dir, &file, &options, &ConvertProgress::new())?;
+    }
+    Ok(file)
+}
+
+/// Changes whenever a file of the checkpoint is replaced, resized or touched.
+fn checkpoint_fingerprint(dir: &Path) -> Result<u64> {
+    let dir = dir.canonicalize().with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let meta = entry.metadata()?;
+        entry.file_name().hash(&mut hasher);
+        meta.len().hash(&mut hasher);
+        if let Ok(modified) = meta.modified() {
+            modified.hash(&mut hasher);
+        }
+    }
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    Ok(hasher.finish())
+}
