@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -66,6 +66,47 @@ pub struct Sampling {
 pub struct ContextOptions {
     pub ctx_size: u32,
     pub threads: i32,
+    pub cache_type: CacheType,
+    pub flash_attention: FlashAttention,
+}
+
+/// llama.cpp's CPU flash-attention kernel computes in F16 whatever the cache type, so
+/// exact (F32) attention needs it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlashAttention {
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttention {
+    fn llama_policy(self) -> llama_cpp_sys_2::llama_flash_attn_type {
+        match self {
+            FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }
+    }
+}
+
+/// Element type of the KV cache: F16 (llama.cpp's default) halves its memory; F32 keeps
+/// attention at full precision, which the parity tests need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheType {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl CacheType {
+    fn llama_type(self) -> KvCacheType {
+        match self {
+            CacheType::F32 => KvCacheType::F32,
+            CacheType::F16 => KvCacheType::F16,
+            CacheType::Q8_0 => KvCacheType::Q8_0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,9 +138,11 @@ impl Engine {
         };
         engine.end_of_turn = GLM_END_OF_TURN
             .iter()
-            .filter_map(|text| match engine.model.vocab().tokenize(text.as_bytes(), false, true)[..] {
-                [token] => Some(token),
-                _ => None,
+            .filter_map(|text| {
+                match engine.model.vocab().tokenize(text.as_bytes(), false, true)[..] {
+                    [token] => Some(token),
+                    _ => None,
+                }
             })
             .collect();
         Ok(engine)
@@ -159,7 +202,10 @@ impl Engine {
             .with_n_batch(batch)
             .with_n_ubatch(batch.min(512))
             .with_n_threads(options.threads)
-            .with_n_threads_batch(options.threads);
+            .with_n_threads_batch(options.threads)
+            .with_type_k(options.cache_type.llama_type())
+            .with_type_v(options.cache_type.llama_type())
+            .with_flash_attention_policy(options.flash_attention.llama_policy());
         self.model
             .new_context(backend()?, params)
             .map_err(|e| anyhow!("cannot create a llama.cpp context of {n_ctx} tokens: {e}"))
@@ -167,7 +213,12 @@ impl Engine {
 
     /// Evaluates `tokens` (in batches) and returns the logits of every position when
     /// `all_positions`, else of the last one only.
-    pub fn logits(&self, tokens: &[i32], all_positions: bool, options: &ContextOptions) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(
+        &self,
+        tokens: &[i32],
+        all_positions: bool,
+        options: &ContextOptions,
+    ) -> Result<Vec<Vec<f32>>> {
         if tokens.is_empty() {
             bail!("no tokens to evaluate");
         }
@@ -183,7 +234,8 @@ impl Engine {
                 let wanted = all_positions || pos + 1 == tokens.len();
                 batch.add(*token, pos as i32, &[0], wanted)?;
             }
-            ctx.decode(&mut batch).context("llama.cpp failed to evaluate the tokens")?;
+            ctx.decode(&mut batch)
+                .context("llama.cpp failed to evaluate the tokens")?;
             for (i, _) in chunk.iter().enumerate() {
                 let pos = start + i;
                 if all_positions || pos + 1 == tokens.len() {
@@ -223,7 +275,8 @@ impl Engine {
                 let pos = chunk_index * n_batch + i;
                 batch.add(*token, pos as i32, &[0], pos + 1 == prompt.len())?;
             }
-            ctx.decode(&mut batch).context("llama.cpp failed to evaluate the prompt")?;
+            ctx.decode(&mut batch)
+                .context("llama.cpp failed to evaluate the prompt")?;
         }
         stats.prompt_time = started.elapsed();
 
@@ -242,7 +295,9 @@ impl Engine {
             }
             stats.generated_tokens += 1;
             piece.clear();
-            self.model.vocab().token_to_piece_into(token, &mut piece, false, None);
+            self.model
+                .vocab()
+                .token_to_piece_into(token, &mut piece, false, None);
             text.clear();
             text.reserve(piece.len() + 4);
             let _ = decoder.decode_to_string(&piece, &mut text, false);
@@ -252,29 +307,35 @@ impl Engine {
             batch.clear();
             batch.add(token, position as i32, &[0], true)?;
             position += 1;
-            ctx.decode(&mut batch).context("llama.cpp failed to evaluate a generated token")?;
+            ctx.decode(&mut batch)
+                .context("llama.cpp failed to evaluate a generated token")?;
         }
         stats.generation_time = started.elapsed();
         Ok(stats)
     }
 
     /// Greedy token ids, for parity tests against reference continuations.
-    pub fn greedy_tokens(&self, prompt: &[i32], count: usize, options: &ContextOptions) -> Result<Vec<i32>> {
+    pub fn greedy_tokens(
+        &self,
+        prompt: &[i32],
+        count: usize,
+        options: &ContextOptions,
+    ) -> Result<Vec<i32>> {
         let prompt = self.check_tokens(prompt)?;
         let mut ctx = self.context(options, prompt.len() + count)?;
         let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
         batch.add_sequence(&prompt, 0, false)?;
-        ctx.decode(&mut batch).context("llama.cpp failed to evaluate the prompt")?;
+        ctx.decode(&mut batch)
+            .context("llama.cpp failed to evaluate the prompt")?;
         let mut sampler = LlamaSampler::greedy();
         let mut out = Vec::with_capacity(count);
-        let mut position = prompt.len();
-        for _ in 0..count {
+        for position in prompt.len()..prompt.len() + count {
             let token = sampler.sample(&ctx, batch.n_tokens() - 1);
             out.push(token.0);
             batch.clear();
             batch.add(token, position as i32, &[0], true)?;
-            position += 1;
-            ctx.decode(&mut batch).context("llama.cpp failed to evaluate a generated token")?;
+            ctx.decode(&mut batch)
+                .context("llama.cpp failed to evaluate a generated token")?;
         }
         Ok(out)
     }
@@ -283,7 +344,13 @@ impl Engine {
     fn sampler(&self, s: &Sampling) -> LlamaSampler {
         let mut chain = Vec::new();
         if s.repeat_penalty != 1.0 {
-            chain.push(LlamaSampler::penalties(self.model.n_vocab(), s.repeat_last_n, s.repeat_penalty, 0.0, 0.0));
+            chain.push(LlamaSampler::penalties(
+                self.model.n_vocab(),
+                s.repeat_last_n,
+                s.repeat_penalty,
+                0.0,
+                0.0,
+            ));
         }
         if s.temperature <= 0.0 {
             chain.push(LlamaSampler::greedy());

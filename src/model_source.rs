@@ -24,9 +24,13 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
 
 pub fn check_gguf_magic(path: &Path) -> Result<()> {
     let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
-        bail!("{}: not a GGUF file (expected a .gguf file or a checkpoint folder)", path.display());
+        bail!(
+            "{}: not a GGUF file (expected a .gguf file or a checkpoint folder)",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -36,9 +40,13 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))
         .context("no cache directory: set GLM_CACHE_DIR")?;
-    std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
     let name = glm_convert::model_base_name(dir);
-    let file = cache_dir.join(format!("{name}-{:016x}-BF16.gguf", checkpoint_fingerprint(dir)?));
+    let file = cache_dir.join(format!(
+        "{name}-{:016x}-BF16.gguf",
+        checkpoint_fingerprint(dir)?
+    ));
     if !file.is_file() {
         eprintln!("converting {} to {} (once)", dir.display(), file.display());
         let options = ConvertOptions {
@@ -52,7 +60,9 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
 
 /// Changes whenever a file of the checkpoint is replaced, resized or touched.
 fn checkpoint_fingerprint(dir: &Path) -> Result<u64> {
-    let dir = dir.canonicalize().with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", dir.display()))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     dir.hash(&mut hasher);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)

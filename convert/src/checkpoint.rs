@@ -126,8 +126,8 @@ impl Checkpoint {
                     return Err(ConvertError::Safetensors {
                         path: path.clone(),
                         reason: format!(
-                            "tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"
-                        ),
+                        "tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"
+                    ),
                     })
                 }
             };
@@ -212,7 +212,10 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = Vec::new();
         for file in weight_map.values() {
             let Some(file) = file.as_str() else {
-                return Err(ConvertError::config(&index_path, "`weight_map` values must be file names"));
+                return Err(ConvertError::config(
+                    &index_path,
+                    "`weight_map` values must be file names",
+                ));
             };
             let path = dir.join(file);
             if !files.contains(&path) {

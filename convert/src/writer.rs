@@ -46,7 +46,12 @@ pub struct ConvertSummary {
 /// Converts the checkpoint folder `input` into the GGUF file `output`. The file appears
 /// only when complete: data goes to a temporary file beside it that is renamed at the end
 /// (and removed on any error).
-pub fn convert(input: &Path, output: &Path, options: &ConvertOptions, progress: &dyn Progress) -> Result<ConvertSummary> {
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<ConvertSummary> {
     let config = HfConfig::load(input)?;
     let hf_arch = config.architecture()?;
     let arch = arch::find(&hf_arch).ok_or_else(|| ConvertError::UnsupportedArchitecture {
@@ -75,7 +80,12 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions, progress: 
         .suffix(".partial")
         .tempfile_in(&dir)
         .map_err(|e| ConvertError::io(&dir, e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file().try_clone().map_err(|e| ConvertError::io(temp.path(), e))?);
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        temp.as_file()
+            .try_clone()
+            .map_err(|e| ConvertError::io(temp.path(), e))?,
+    );
     let io_err = |e| ConvertError::io(output, e);
 
     let total: u64 = planned
@@ -87,15 +97,17 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions, progress: 
     progress.begin(total);
     let mut written = gguf::write_header(&mut out, &meta, &headers).map_err(io_err)?;
     for (plan, header) in planned.iter().zip(&headers) {
-        written += write_tensor(&mut out, &checkpoint, plan, header, progress).map_err(|e| match e {
-            WriteError::Io(e) => io_err(e),
-            WriteError::Convert(e) => e,
-        })?;
+        written +=
+            write_tensor(&mut out, &checkpoint, plan, header, progress).map_err(|e| match e {
+                WriteError::Io(e) => io_err(e),
+                WriteError::Convert(e) => e,
+            })?;
     }
     out.flush().map_err(io_err)?;
     drop(out);
     temp.as_file().sync_all().map_err(io_err)?;
-    temp.persist(output).map_err(|e| ConvertError::io(output, e.error))?;
+    temp.persist(output)
+        .map_err(|e| ConvertError::io(output, e.error))?;
     progress.finish();
     Ok(ConvertSummary {
         output: output.to_path_buf(),
@@ -111,11 +123,15 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
     let embed = checkpoint
         .get("model.embed_tokens.weight")
         .or_else(|| checkpoint.get("model.language_model.embed_tokens.weight"))
-        .ok_or_else(|| ConvertError::tensor("model.embed_tokens.weight", "missing from the checkpoint"))?;
+        .ok_or_else(|| {
+            ConvertError::tensor("model.embed_tokens.weight", "missing from the checkpoint")
+        })?;
     let rows = embed.shape.first().copied().unwrap_or(0);
     if let Some(v) = config.opt_u64(&["vocab_size", "padded_vocab_size"])? {
         if v as usize != rows {
-            return Err(config.error(format!("vocab_size {v} differs from the embedding's {rows} rows")));
+            return Err(config.error(format!(
+                "vocab_size {v} differs from the embedding's {rows} rows"
+            )));
         }
     }
     Ok(rows)
@@ -124,28 +140,39 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
 /// Which ggml type a tensor is stored as: vectors, norms and biases stay F32 (llama.cpp
 /// reads them as F32); quantized types fall back to F16 when rows are not whole blocks.
 pub fn storage_type(name: &str, ne: &[u64], out_type: OutType) -> GgmlType {
-    let is_matrix_weight = ne.len() >= 2 && name.ends_with(".weight") && !name.ends_with("_norm.weight");
+    let is_matrix_weight =
+        ne.len() >= 2 && name.ends_with(".weight") && !name.ends_with("_norm.weight");
     if !is_matrix_weight {
         return GgmlType::F32;
     }
     let wanted = out_type.ggml_type();
-    if ne[0] % wanted.block_elems() != 0 {
+    if !ne[0].is_multiple_of(wanted.block_elems()) {
         GgmlType::F16
     } else {
         wanted
     }
 }
 
-fn plan_headers(planned: &[PlannedTensor], checkpoint: &Checkpoint, out_type: OutType) -> Result<Vec<TensorHeader>> {
+fn plan_headers(
+    planned: &[PlannedTensor],
+    checkpoint: &Checkpoint,
+    out_type: OutType,
+) -> Result<Vec<TensorHeader>> {
     let mut seen = std::collections::HashSet::new();
     planned
         .iter()
         .map(|p| {
             if !seen.insert(p.name.as_str()) {
-                return Err(ConvertError::tensor(&p.name, "planned twice (duplicate tensor names are a load error)"));
+                return Err(ConvertError::tensor(
+                    &p.name,
+                    "planned twice (duplicate tensor names are a load error)",
+                ));
             }
             if p.name.len() > 63 {
-                return Err(ConvertError::tensor(&p.name, "name longer than ggml's 63-byte limit"));
+                return Err(ConvertError::tensor(
+                    &p.name,
+                    "name longer than ggml's 63-byte limit",
+                ));
             }
             let expected: u64 = p.ne.iter().product();
             let mut found = 0u64;
@@ -158,7 +185,10 @@ fn plan_headers(planned: &[PlannedTensor], checkpoint: &Checkpoint, out_type: Ou
             if found != expected {
                 return Err(ConvertError::tensor(
                     &p.name,
-                    format!("sources hold {found} values, shape {:?} needs {expected}", p.ne),
+                    format!(
+                        "sources hold {found} values, shape {:?} needs {expected}",
+                        p.ne
+                    ),
                 ));
             }
             Ok(TensorHeader {
@@ -193,13 +223,17 @@ fn write_tensor<W: Write>(
     let ty = header.ggml_type;
     let mut written = 0u64;
     for source in &plan.sources {
-        let entry = checkpoint
-            .get(source)
-            .ok_or_else(|| WriteError::Convert(ConvertError::tensor(source, "missing from the checkpoint")))?;
+        let entry = checkpoint.get(source).ok_or_else(|| {
+            WriteError::Convert(ConvertError::tensor(source, "missing from the checkpoint"))
+        })?;
         if entry.row_len() as u64 != header.ne[0] {
             return Err(WriteError::Convert(ConvertError::tensor(
                 source,
-                format!("rows of {} values do not match the planned shape {:?}", entry.row_len(), header.ne),
+                format!(
+                    "rows of {} values do not match the planned shape {:?}",
+                    entry.row_len(),
+                    header.ne
+                ),
             )));
         }
         let rows_per_chunk = (CHUNK_ELEMENTS / entry.row_len().max(1)).max(1);
@@ -216,7 +250,10 @@ fn write_tensor<W: Write>(
     if written != header.n_bytes() {
         return Err(WriteError::Convert(ConvertError::tensor(
             &plan.name,
-            format!("wrote {written} bytes, header promised {}", header.n_bytes()),
+            format!(
+                "wrote {written} bytes, header promised {}",
+                header.n_bytes()
+            ),
         )));
     }
     let pad = gguf::padding(written);
@@ -224,7 +261,12 @@ fn write_tensor<W: Write>(
     Ok(written + pad)
 }
 
-fn encode_chunk<W: Write>(out: &mut W, bytes: &[u8], entry: &TensorEntry, ty: GgmlType) -> std::io::Result<u64> {
+fn encode_chunk<W: Write>(
+    out: &mut W,
+    bytes: &[u8],
+    entry: &TensorEntry,
+    ty: GgmlType,
+) -> std::io::Result<u64> {
     let src_row_bytes = entry.row_len() * entry.dtype.size();
     // Whole source rows per task keep quantization blocks intact.
     let rows_per_task = (bytes.len() / src_row_bytes / rayon::current_num_threads().max(1)).max(1);
@@ -246,11 +288,20 @@ fn encode_chunk<W: Write>(out: &mut W, bytes: &[u8], entry: &TensorEntry, ty: Gg
     Ok(n)
 }
 
-fn write_general(meta: &mut Metadata, input: &Path, arch: &dyn Architecture, options: &ConvertOptions, parameters: u64) -> Result<()> {
+fn write_general(
+    meta: &mut Metadata,
+    input: &Path,
+    arch: &dyn Architecture,
+    options: &ConvertOptions,
+    parameters: u64,
+) -> Result<()> {
     let base = crate::model_base_name(input);
     meta.set("general.architecture", arch.gguf_arch());
     meta.set("general.type", "model");
-    meta.set("general.name", options.name.clone().unwrap_or_else(|| base.clone()));
+    meta.set(
+        "general.name",
+        options.name.clone().unwrap_or_else(|| base.clone()),
+    );
     meta.set("general.basename", base);
     meta.set("general.size_label", crate::size_label(parameters));
     meta.set("general.file_type", options.out_type.file_type());
@@ -264,7 +315,11 @@ fn write_general(meta: &mut Metadata, input: &Path, arch: &dyn Architecture, opt
         if let Some(p) = g.get("top_p").and_then(Value::as_f64) {
             meta.set("general.sampling.top_p", p as f32);
         }
-        if let Some(k) = g.get("top_k").and_then(Value::as_i64).and_then(|k| i32::try_from(k).ok()) {
+        if let Some(k) = g
+            .get("top_k")
+            .and_then(Value::as_i64)
+            .and_then(|k| i32::try_from(k).ok())
+        {
             meta.set("general.sampling.top_k", crate::gguf::MetaValue::I32(k));
         }
     }

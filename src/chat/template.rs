@@ -50,10 +50,17 @@ impl ChatTemplate {
     }
 
     /// Renders `messages` (OpenAI message objects) into the prompt text.
-    pub fn render(&self, messages: &[Json], options: &RenderOptions) -> Result<String, TemplateError> {
+    pub fn render(
+        &self,
+        messages: &[Json],
+        options: &RenderOptions,
+    ) -> Result<String, TemplateError> {
         let mut context = options.extra.clone();
         context.insert("messages".into(), Json::Array(messages.to_vec()));
-        context.insert("add_generation_prompt".into(), Json::Bool(options.add_generation_prompt));
+        context.insert(
+            "add_generation_prompt".into(),
+            Json::Bool(options.add_generation_prompt),
+        );
         if let Some(tools) = &options.tools {
             context.insert("tools".into(), tools.clone());
         }
@@ -62,14 +69,36 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| TemplateError::Render(describe(&e)))?;
         template
-            .render(Value::from_serialize(&context))
+            .render(to_jinja(&Json::Object(context)))
             .map_err(|e| TemplateError::Render(describe(&e)))
+    }
+}
+
+/// Builds the template value by hand: serializing through serde would expose
+/// serde_json's arbitrary-precision number maps (another dependency enables that
+/// feature) instead of plain numbers.
+fn to_jinja(value: &Json) -> Value {
+    match value {
+        Json::Null => Value::from(()),
+        Json::Bool(b) => Value::from(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::from(i),
+            (None, Some(u), _) => Value::from(u),
+            (None, None, Some(f)) => Value::from(f),
+            _ => Value::from(n.to_string()),
+        },
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(items) => Value::from(items.iter().map(to_jinja).collect::<Vec<_>>()),
+        Json::Object(map) => Value::from_iter(map.iter().map(|(k, v)| (k.as_str(), to_jinja(v)))),
     }
 }
 
 fn describe(e: &Error) -> String {
     match e.line() {
-        Some(line) => format!("{} (template line {line})", e.detail().unwrap_or(&e.to_string())),
+        Some(line) => format!(
+            "{} (template line {line})",
+            e.detail().unwrap_or(&e.to_string())
+        ),
         None => e.to_string(),
     }
 }
@@ -96,7 +125,12 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), Error> {
+fn write_json(
+    value: &Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -104,7 +138,9 @@ fn write_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut Stri
         ValueKind::String => write_json_string(value.as_str().unwrap_or_default(), out),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, '[', ']', indent, depth, &items, |item, out| write_json(item, indent, depth + 1, out))?;
+            write_container(out, '[', ']', indent, depth, &items, |item, out| {
+                write_json(item, indent, depth + 1, out)
+            })?;
         }
         ValueKind::Map => {
             let keys: Vec<Value> = value.try_iter()?.collect();
@@ -208,7 +244,9 @@ mod tests {
     fn render(source: &str, messages: Json) -> String {
         let template = ChatTemplate::new(source).unwrap();
         let messages = messages.as_array().unwrap().clone();
-        template.render(&messages, &RenderOptions::default()).unwrap()
+        template
+            .render(&messages, &RenderOptions::default())
+            .unwrap()
     }
 
     #[test]
@@ -217,12 +255,18 @@ mod tests {
             "{{ messages[0] | tojson(ensure_ascii=False) }}",
             json!([{"role": "user", "content": "<b>你好</b>\n", "n": 1, "x": 0.5, "t": true, "l": [1, null]}]),
         );
-        assert_eq!(out, r#"{"role": "user", "content": "<b>你好</b>\n", "n": 1, "x": 0.5, "t": true, "l": [1, null]}"#);
+        assert_eq!(
+            out,
+            r#"{"role": "user", "content": "<b>你好</b>\n", "n": 1, "x": 0.5, "t": true, "l": [1, null]}"#
+        );
     }
 
     #[test]
     fn tojson_indent_like_python() {
-        let out = render("{{ messages[0] | tojson(indent=2) }}", json!([{"a": [1, 2], "b": {}}]));
+        let out = render(
+            "{{ messages[0] | tojson(indent=2) }}",
+            json!([{"a": [1, 2], "b": {}}]),
+        );
         assert_eq!(out, "{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": {}\n}");
     }
 

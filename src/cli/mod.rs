@@ -6,9 +6,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
+use crate::engine::{CacheType, FlashAttention};
 
 #[derive(Debug, Parser)]
-#[command(name = "glm", version, about = "Run the GLM model family locally: convert Hugging Face checkpoints to GGUF and generate with llama.cpp")]
+#[command(
+    name = "glm",
+    version,
+    about = "Run the GLM model family locally: convert Hugging Face checkpoints to GGUF and generate with llama.cpp"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,6 +62,12 @@ pub struct ModelArgs {
     /// Layers to offload to the GPU in GPU builds [default: all].
     #[arg(long = "gpu-layers", value_name = "N")]
     pub gpu_layers: Option<u32>,
+    /// KV cache element type: f16 saves memory, f32 is exact.
+    #[arg(long = "cache-type", value_enum, default_value = "f16")]
+    pub cache_type: CacheType,
+    /// Flash attention (faster; on CPU it computes attention in F16).
+    #[arg(long = "flash-attn", value_enum, default_value = "auto")]
+    pub flash_attention: FlashAttention,
 }
 
 /// How the prompt is turned into tokens.

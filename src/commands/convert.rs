@@ -6,8 +6,15 @@ use crate::progress::ConvertProgress;
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
     let out_type = OutType::parse(&args.out_type).ok_or_else(|| {
-        let names: Vec<_> = OutType::ALL.iter().map(|t| t.name().to_lowercase()).collect();
-        anyhow!("--type {}: unknown type (choose one of {})", args.out_type, names.join(", "))
+        let names: Vec<_> = OutType::ALL
+            .iter()
+            .map(|t| t.name().to_lowercase())
+            .collect();
+        anyhow!(
+            "--type {}: unknown type (choose one of {})",
+            args.out_type,
+            names.join(", ")
+        )
     })?;
     if !args.input.is_dir() {
         return Err(anyhow!("{}: not a checkpoint folder", args.input.display()));

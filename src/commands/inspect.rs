@@ -16,7 +16,13 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         .and_then(|mut c| c.decode())
         .map_err(|e| anyhow!("{path}: unreadable GGUF: {e}"))?;
     let mut out = String::new();
-    writeln!(out, "{path}: GGUF {}, {} metadata keys, {} tensors", model.get_version(), model.num_kv(), model.num_tensor())?;
+    writeln!(
+        out,
+        "{path}: GGUF {}, {} metadata keys, {} tensors",
+        model.get_version(),
+        model.num_kv(),
+        model.num_tensor()
+    )?;
     writeln!(out, "\nmetadata:")?;
     for (key, value) in model.metadata() {
         writeln!(out, "  {key:<44} {}", describe(value, args.full))?;
@@ -32,11 +38,22 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         entry.0 += 1;
         entry.1 += t.size;
         let shape: Vec<String> = t.shape.iter().map(u64::to_string).collect();
-        writeln!(out, "  {:<40} {:<6} {:<22} {:>12}", t.name, type_name, format!("[{}]", shape.join(", ")), human_bytes(t.size))?;
+        writeln!(
+            out,
+            "  {:<40} {:<6} {:<22} {:>12}",
+            t.name,
+            type_name,
+            format!("[{}]", shape.join(", ")),
+            human_bytes(t.size)
+        )?;
     }
     writeln!(out, "\n{} parameters", total_elements)?;
     for (name, (count, bytes)) in per_type {
-        writeln!(out, "  {name:<6} {count:>5} tensors {:>12}", human_bytes(bytes))?;
+        writeln!(
+            out,
+            "  {name:<6} {count:>5} tensors {:>12}",
+            human_bytes(bytes)
+        )?;
     }
     print!("{out}");
     Ok(())
@@ -49,11 +66,11 @@ fn type_name(kind: u32) -> String {
 fn describe(value: &Value, full: bool) -> String {
     match value {
         Value::Array(items) if !full && items.len() > ARRAY_PREVIEW => {
-            let head: Vec<String> = items[..ARRAY_PREVIEW].iter().map(|v| short(v)).collect();
+            let head: Vec<String> = items[..ARRAY_PREVIEW].iter().map(short).collect();
             format!("[{} items] {}, …", items.len(), head.join(", "))
         }
         Value::Array(items) => {
-            let all: Vec<String> = items.iter().map(|v| short(v)).collect();
+            let all: Vec<String> = items.iter().map(short).collect();
             format!("[{}]", all.join(", "))
         }
         other => short(other),
@@ -62,7 +79,9 @@ fn describe(value: &Value, full: bool) -> String {
 
 fn short(value: &Value) -> String {
     match value {
-        Value::String(s) if s.len() > 80 => format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(80)], s.len()),
+        Value::String(s) if s.len() > 80 => {
+            format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(80)], s.len())
+        }
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }

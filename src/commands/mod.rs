@@ -41,6 +41,8 @@ pub fn context_options(args: &ModelArgs) -> ContextOptions {
     ContextOptions {
         ctx_size: args.ctx_size,
         threads: args.threads.unwrap_or(cores).max(1),
+        cache_type: args.cache_type,
+        flash_attention: args.flash_attention,
     }
 }
 
@@ -64,10 +66,19 @@ pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str) -> Res
         ..Default::default()
     };
     if let Some(thinking) = format.enable_thinking() {
-        options.extra.insert("enable_thinking".into(), thinking.into());
+        options
+            .extra
+            .insert("enable_thinking".into(), thinking.into());
     }
-    for (variable, key) in [("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id")] {
-        if let Some(text) = engine.metadata(key).and_then(|id| id.parse().ok()).and_then(|id| engine.token_text(id)) {
+    for (variable, key) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+    ] {
+        if let Some(text) = engine
+            .metadata(key)
+            .and_then(|id| id.parse().ok())
+            .and_then(|id| engine.token_text(id))
+        {
             options.extra.insert(variable.into(), text.into());
         }
     }

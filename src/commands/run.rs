@@ -21,15 +21,22 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_failed = None;
-    let stats = engine.generate(&tokens, args.max_tokens, &sampling, &super::context_options(&args.model), |text| {
-        match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+    let stats = engine.generate(
+        &tokens,
+        args.max_tokens,
+        &sampling,
+        &super::context_options(&args.model),
+        |text| match stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
             Ok(()) => true,
             Err(e) => {
                 write_failed = Some(e);
                 false
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = write_failed {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e.into());

@@ -2,7 +2,10 @@
 //!
 //! Pre-norm blocks, q/k/v with bias, fused gate/up MLP, interleaved partial RoPE.
 
-use super::{dense_block_tensor, global_tensor_role, layer_tensor, write_dense_hparams, Architecture, TensorRole};
+use super::{
+    dense_block_tensor, global_tensor_role, layer_tensor, write_dense_hparams, Architecture,
+    TensorRole,
+};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::gguf::Metadata;

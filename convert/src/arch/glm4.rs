@@ -3,7 +3,10 @@
 //! The "sandwich" block: extra norms after attention and after the MLP. Note the names:
 //! HF's `post_attention_layernorm` is the pre-MLP norm (`ffn_norm`) here.
 
-use super::{dense_block_tensor, global_tensor_role, layer_tensor, write_dense_hparams, Architecture, TensorRole};
+use super::{
+    dense_block_tensor, global_tensor_role, layer_tensor, write_dense_hparams, Architecture,
+    TensorRole,
+};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::gguf::Metadata;

@@ -58,7 +58,11 @@ pub trait Architecture: Sync {
                 None => {
                     return Err(ConvertError::tensor(
                         &entry.name,
-                        format!("unexpected in a {} checkpoint (file {})", self.hf_name(), checkpoint.shard_path(entry).display()),
+                        format!(
+                            "unexpected in a {} checkpoint (file {})",
+                            self.hf_name(),
+                            checkpoint.shard_path(entry).display()
+                        ),
                     ))
                 }
             }
@@ -70,7 +74,10 @@ pub trait Architecture: Sync {
 static ARCHITECTURES: &[&dyn Architecture] = &[&glm::Glm, &glm4::Glm4];
 
 pub fn find(hf_name: &str) -> Option<&'static dyn Architecture> {
-    ARCHITECTURES.iter().copied().find(|a| a.hf_name() == hf_name)
+    ARCHITECTURES
+        .iter()
+        .copied()
+        .find(|a| a.hf_name() == hf_name)
 }
 
 pub fn supported() -> Vec<&'static str> {
@@ -124,12 +131,25 @@ pub(crate) fn dense_block_tensor(rest: &str) -> Option<&'static str> {
 }
 
 /// Keys common to the dense GLM architectures (chatglm, glm4).
-pub(crate) fn write_dense_hparams(arch: &str, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
+pub(crate) fn write_dense_hparams(
+    arch: &str,
+    config: &HfConfig,
+    meta: &mut Metadata,
+) -> Result<()> {
     let key = |k: &str| format!("{arch}.{k}");
-    meta.set(key("context_length"), config.u32(&["max_position_embeddings", "seq_length"])?);
+    meta.set(
+        key("context_length"),
+        config.u32(&["max_position_embeddings", "seq_length"])?,
+    );
     meta.set(key("embedding_length"), config.u32(&["hidden_size"])?);
-    meta.set(key("block_count"), config.u32(&["num_hidden_layers", "num_layers"])?);
-    meta.set(key("feed_forward_length"), config.u32(&["intermediate_size", "ffn_hidden_size"])?);
+    meta.set(
+        key("block_count"),
+        config.u32(&["num_hidden_layers", "num_layers"])?,
+    );
+    meta.set(
+        key("feed_forward_length"),
+        config.u32(&["intermediate_size", "ffn_hidden_size"])?,
+    );
     let heads = config.u32(&["num_attention_heads"])?;
     meta.set(key("attention.head_count"), heads);
     let kv_heads = config
@@ -148,7 +168,10 @@ pub(crate) fn write_dense_hparams(arch: &str, config: &HfConfig, meta: &mut Meta
     }
     // GLM rotates the first half of each head unless the config says otherwise.
     let factor = config.rope_f64("partial_rotary_factor")?.unwrap_or(0.5);
-    meta.set(key("rope.dimension_count"), (head_dim as f64 * factor).round() as u32);
+    meta.set(
+        key("rope.dimension_count"),
+        (head_dim as f64 * factor).round() as u32,
+    );
     if let Some(theta) = config.rope_f64("rope_theta")? {
         meta.set(key("rope.freq_base"), theta as f32);
     }
@@ -166,7 +189,8 @@ pub(crate) fn write_rope_scaling(arch: &str, config: &HfConfig, meta: &mut Metad
         .and_then(|v| v.as_str())
         .unwrap_or_default();
     let number = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
-    let factor = number("factor").ok_or_else(|| config.error(format!("rope scaling {kind:?} has no `factor`")))?;
+    let factor = number("factor")
+        .ok_or_else(|| config.error(format!("rope scaling {kind:?} has no `factor`")))?;
     match kind {
         "linear" => {
             meta.set(format!("{arch}.rope.scaling.type"), "linear");
@@ -176,7 +200,10 @@ pub(crate) fn write_rope_scaling(arch: &str, config: &HfConfig, meta: &mut Metad
             meta.set(format!("{arch}.rope.scaling.type"), "yarn");
             meta.set(format!("{arch}.rope.scaling.factor"), factor as f32);
             if let Some(n) = number("original_max_position_embeddings") {
-                meta.set(format!("{arch}.rope.scaling.original_context_length"), n as u32);
+                meta.set(
+                    format!("{arch}.rope.scaling.original_context_length"),
+                    n as u32,
+                );
             }
             for (hf, gguf) in [
                 ("beta_fast", "rope.scaling.yarn_beta_fast"),
