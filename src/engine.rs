@@ -17,6 +17,9 @@ use llama_cpp_2::token::LlamaToken;
 
 /// Token texts that end a GLM turn; stopped on even when a file's metadata forgets one.
 const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|>"];
+/// Tag tokens printed even when the file marks them as control tokens: the chat layer
+/// needs them to tell reasoning from the answer.
+const GLM_VISIBLE_TAGS: [&str; 2] = ["<think>", "</think>"];
 
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
@@ -122,6 +125,7 @@ pub struct GenerationStats {
 pub struct Engine {
     model: LlamaModel,
     end_of_turn: Vec<LlamaToken>,
+    visible_tags: Vec<LlamaToken>,
 }
 
 impl Engine {
@@ -132,20 +136,22 @@ impl Engine {
             .with_vocab_only(options.vocab_only);
         let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|e| anyhow!("{}: llama.cpp cannot load this file: {e}", path.display()))?;
-        let mut engine = Self {
-            model,
-            end_of_turn: Vec::new(),
-        };
-        engine.end_of_turn = GLM_END_OF_TURN
-            .iter()
-            .filter_map(|text| {
-                match engine.model.vocab().tokenize(text.as_bytes(), false, true)[..] {
+        let single_tokens = |texts: &[&str]| -> Vec<LlamaToken> {
+            texts
+                .iter()
+                .filter_map(|text| match model.vocab().tokenize(text.as_bytes(), false, true)[..] {
                     [token] => Some(token),
                     _ => None,
-                }
-            })
-            .collect();
-        Ok(engine)
+                })
+                .collect()
+        };
+        let end_of_turn = single_tokens(&GLM_END_OF_TURN);
+        let visible_tags = single_tokens(&GLM_VISIBLE_TAGS);
+        Ok(Self {
+            model,
+            end_of_turn,
+            visible_tags,
+        })
     }
 
     pub fn metadata(&self, key: &str) -> Option<String> {
@@ -213,12 +219,7 @@ impl Engine {
 
     /// Evaluates `tokens` (in batches) and returns the logits of every position when
     /// `all_positions`, else of the last one only.
-    pub fn logits(
-        &self,
-        tokens: &[i32],
-        all_positions: bool,
-        options: &ContextOptions,
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(&self, tokens: &[i32], all_positions: bool, options: &ContextOptions) -> Result<Vec<Vec<f32>>> {
         if tokens.is_empty() {
             bail!("no tokens to evaluate");
         }
@@ -295,9 +296,10 @@ impl Engine {
             }
             stats.generated_tokens += 1;
             piece.clear();
+            let show_special = self.visible_tags.contains(&token);
             self.model
                 .vocab()
-                .token_to_piece_into(token, &mut piece, false, None);
+                .token_to_piece_into(token, &mut piece, show_special, None);
             text.clear();
             text.reserve(piece.len() + 4);
             let _ = decoder.decode_to_string(&piece, &mut text, false);
@@ -315,12 +317,7 @@ impl Engine {
     }
 
     /// Greedy token ids, for parity tests against reference continuations.
-    pub fn greedy_tokens(
-        &self,
-        prompt: &[i32],
-        count: usize,
-        options: &ContextOptions,
-    ) -> Result<Vec<i32>> {
+    pub fn greedy_tokens(&self, prompt: &[i32], count: usize, options: &ContextOptions) -> Result<Vec<i32>> {
         let prompt = self.check_tokens(prompt)?;
         let mut ctx = self.context(options, prompt.len() + count)?;
         let mut batch = LlamaBatch::new(prompt.len().max(1), 1);

@@ -24,8 +24,7 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
 
 pub fn check_gguf_magic(path: &Path) -> Result<()> {
     let mut magic = [0u8; 4];
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
         bail!(
             "{}: not a GGUF file (expected a .gguf file or a checkpoint folder)",
@@ -40,18 +39,15 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))
         .context("no cache directory: set GLM_CACHE_DIR")?;
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
     let name = glm_convert::model_base_name(dir);
-    let file = cache_dir.join(format!(
-        "{name}-{:016x}-BF16.gguf",
-        checkpoint_fingerprint(dir)?
-    ));
+    let file = cache_dir.join(format!("{name}-{:016x}-BF16.gguf", checkpoint_fingerprint(dir)?));
     if !file.is_file() {
         eprintln!("converting {} to {} (once)", dir.display(), file.display());
         let options = ConvertOptions {
             out_type: OutType::BF16,
             name: None,
+            plan: Default::default(),
         };
         glm_convert::convert(dir, &file, &options, &ConvertProgress::new())?;
     }

@@ -19,11 +19,9 @@ impl ConvertProgress {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_message("converting");
         Self { bar }

@@ -48,10 +48,7 @@ fn assert_clean_failure(input: &Path, culprit: &str) {
         "one-line error expected, got: {stderr}"
     );
     assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(
-        stderr.contains(culprit),
-        "error should name {culprit}: {stderr}"
-    );
+    assert!(stderr.contains(culprit), "error should name {culprit}: {stderr}");
     let leftovers: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
         .expect("list")
         .map(|e| e.expect("e").path())
@@ -121,10 +118,7 @@ fn convert_rejects_truncated_safetensors() {
     let dir = fixture_copy("glm-tiny");
     let path = dir.path().join("model.safetensors");
     let len = std::fs::metadata(&path).expect("meta").len();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
     file.set_len(len / 2).expect("truncate");
     assert_clean_failure(dir.path(), "model.safetensors");
 }
@@ -207,13 +201,7 @@ fn logits_writes_last_and_all_positions() {
         let rows = written["logits"].as_array().expect("rows");
         assert_eq!(rows.len(), if all { tokens.len() } else { 1 });
         let last = floats(rows.last().expect("row"));
-        let expected = floats(
-            case["logits"]
-                .as_array()
-                .expect("rows")
-                .last()
-                .expect("row"),
-        );
+        let expected = floats(case["logits"].as_array().expect("rows").last().expect("row"));
         assert_eq!(argmax(&last), argmax(&expected));
     }
 }
@@ -265,7 +253,7 @@ fn logits_rejects_out_of_range_tokens() {
 
 #[test]
 fn run_streams_text_and_reports_speed() {
-    let model = converted("glm4-tiny", OutType::Q8_0);
+    let model = converted("glm-tiny", OutType::Q8_0);
     let out = glm()
         .arg("run")
         .arg(&model)
@@ -279,6 +267,36 @@ fn run_streams_text_and_reports_speed() {
         "no text generated"
     );
     assert!(stderr.contains("tok/s"), "{stderr}");
+}
+
+/// GLM-Z1's template opens `<think>` in the prompt, so everything the model writes before
+/// `</think>` is reasoning: it goes to stderr, and `--hide-reasoning` drops it.
+#[test]
+fn run_separates_reasoning_when_the_template_opens_think() {
+    let model = converted("glm4-tiny", OutType::Q8_0);
+    let run = |extra: &[&str]| {
+        glm()
+            .arg("run")
+            .arg(&model)
+            .args(["-p", "Hello there", "--temp", "0", "-n", "12", "-t", "2"])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let shown = run(&[]);
+    assert!(shown.status.success(), "{}", stderr_of(&shown));
+    assert!(shown.stdout.is_empty(), "reasoning leaked to stdout");
+    let reasoning = stderr_of(&shown);
+    let reasoning = reasoning.lines().filter(|l| !l.contains("tok/s")).collect::<String>();
+    assert!(!reasoning.trim().is_empty(), "reasoning not shown on stderr");
+    let hidden = run(&["--hide-reasoning"]);
+    assert!(hidden.stdout.is_empty());
+    assert_eq!(
+        stderr_of(&hidden).lines().count(),
+        1,
+        "only the speed line: {}",
+        stderr_of(&hidden)
+    );
 }
 
 #[test]

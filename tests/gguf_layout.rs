@@ -18,8 +18,7 @@ struct Gguf {
 fn read_gguf(model: &str, out_type: OutType) -> Gguf {
     let path = converted(model, out_type);
     let mut container =
-        gguf_rs::get_gguf_container_array_size(path.to_str().expect("utf-8 path"), u64::MAX)
-            .expect("open");
+        gguf_rs::get_gguf_container_array_size(path.to_str().expect("utf-8 path"), u64::MAX).expect("open");
     let decoded = container.decode().expect("decode");
     Gguf {
         meta: decoded.metadata().clone(),
@@ -32,9 +31,7 @@ fn read_gguf(model: &str, out_type: OutType) -> Gguf {
 }
 
 fn u(config: &Value, key: &str) -> u64 {
-    config[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("config.{key}"))
+    config[key].as_u64().unwrap_or_else(|| panic!("config.{key}"))
 }
 
 #[test]
@@ -53,28 +50,14 @@ fn hyper_parameters_follow_the_config() {
         assert_eq!(key("embedding_length"), u(&config, "hidden_size"));
         assert_eq!(key("feed_forward_length"), u(&config, "intermediate_size"));
         assert_eq!(key("context_length"), u(&config, "max_position_embeddings"));
-        assert_eq!(
-            key("attention.head_count"),
-            u(&config, "num_attention_heads")
-        );
-        assert_eq!(
-            key("attention.head_count_kv"),
-            u(&config, "num_key_value_heads")
-        );
+        assert_eq!(key("attention.head_count"), u(&config, "num_attention_heads"));
+        assert_eq!(key("attention.head_count_kv"), u(&config, "num_key_value_heads"));
         let head_dim = u(&config, "head_dim");
         let factor = config["partial_rotary_factor"].as_f64().unwrap_or(0.5);
-        assert_eq!(
-            key("rope.dimension_count"),
-            (head_dim as f64 * factor) as u64
-        );
-        let eps = key("attention.layer_norm_rms_epsilon")
-            .as_f64()
-            .expect("eps");
+        assert_eq!(key("rope.dimension_count"), (head_dim as f64 * factor) as u64);
+        let eps = key("attention.layer_norm_rms_epsilon").as_f64().expect("eps");
         let want = config["rms_norm_eps"].as_f64().expect("rms_norm_eps");
-        assert!(
-            (eps - want).abs() <= want * 1e-6,
-            "{model}: eps {eps} vs {want}"
-        );
+        assert!((eps - want).abs() <= want * 1e-6, "{model}: eps {eps} vs {want}");
         assert_eq!(gguf.meta["general.file_type"], 32);
         assert_eq!(gguf.meta["tokenizer.ggml.add_bos_token"], false);
         assert_eq!(gguf.meta["tokenizer.ggml.pre"], "glm4");
@@ -137,12 +120,7 @@ fn tensors_have_spec_names_shapes_and_types() {
                 } else {
                     out_type.ggml_type().id()
                 };
-                assert_eq!(
-                    *kind,
-                    want_type,
-                    "{model} {}: type of {name}",
-                    out_type.name()
-                );
+                assert_eq!(*kind, want_type, "{model} {}: type of {name}", out_type.name());
             }
         }
     }
@@ -154,18 +132,10 @@ fn token_list_is_padded_and_typed() {
         let config = read_json(&model_dir(model).join("config.json"));
         let tokenizer = read_json(&model_dir(model).join("tokenizer.json"));
         let gguf = read_gguf(model, OutType::F16);
-        let tokens = gguf.meta["tokenizer.ggml.tokens"]
-            .as_array()
-            .expect("tokens");
-        let types = gguf.meta["tokenizer.ggml.token_type"]
-            .as_array()
-            .expect("types");
+        let tokens = gguf.meta["tokenizer.ggml.tokens"].as_array().expect("tokens");
+        let types = gguf.meta["tokenizer.ggml.token_type"].as_array().expect("types");
         let vocab_size = u(&config, "vocab_size") as usize;
-        assert_eq!(
-            tokens.len(),
-            vocab_size,
-            "{model}: token list padded to vocab_size"
-        );
+        assert_eq!(tokens.len(), vocab_size, "{model}: token list padded to vocab_size");
         assert_eq!(types.len(), vocab_size);
         let regular = tokenizer["model"]["vocab"].as_object().expect("vocab");
         for (text, id) in regular {
@@ -176,37 +146,22 @@ fn token_list_is_padded_and_typed() {
         for added in tokenizer["added_tokens"].as_array().expect("added") {
             let id = added["id"].as_u64().expect("id") as usize;
             assert_eq!(tokens[id], added["content"]);
-            let want = if added["special"].as_bool() == Some(true) {
-                3
-            } else {
-                4
-            };
+            let want = if added["special"].as_bool() == Some(true) { 3 } else { 4 };
             assert_eq!(types[id], want, "{model}: type of {}", added["content"]);
         }
         let last = vocab_size - 1;
-        assert_eq!(
-            tokens[last],
-            format!("[PAD{last}]"),
-            "{model}: padding token text"
-        );
+        assert_eq!(tokens[last], format!("[PAD{last}]"), "{model}: padding token text");
         assert_eq!(types[last], 5, "{model}: padding is UNUSED");
         let text_of = |key: &str| {
-            let id = gguf.meta[key]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{model}: {key}")) as usize;
+            let id = gguf.meta[key].as_u64().unwrap_or_else(|| panic!("{model}: {key}")) as usize;
             tokens[id].as_str().expect("text").to_owned()
         };
         assert_eq!(text_of("tokenizer.ggml.eos_token_id"), "<|endoftext|>");
         assert_eq!(text_of("tokenizer.ggml.eot_token_id"), "<|user|>");
-        let merges = gguf.meta["tokenizer.ggml.merges"]
-            .as_array()
-            .expect("merges");
+        let merges = gguf.meta["tokenizer.ggml.merges"].as_array().expect("merges");
         assert_eq!(
             merges.len(),
-            tokenizer["model"]["merges"]
-                .as_array()
-                .expect("merges")
-                .len()
+            tokenizer["model"]["merges"].as_array().expect("merges").len()
         );
         let template = glm_convert::tokenizer::find_chat_template(&model_dir(model))
             .expect("read")

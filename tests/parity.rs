@@ -28,8 +28,7 @@ fn context() -> ContextOptions {
 
 fn engine(model: &str, out_type: OutType) -> Engine {
     let path = converted(model, out_type);
-    Engine::load(&path, &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
+    Engine::load(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
 }
 
 struct LogitsCase {
@@ -48,12 +47,7 @@ fn logits_cases(model: &str) -> Vec<LogitsCase> {
         .map(|case| LogitsCase {
             name: case["name"].as_str().unwrap_or("?").to_owned(),
             tokens: ids(&case["tokens"]),
-            rows: case["logits"]
-                .as_array()
-                .expect("rows")
-                .iter()
-                .map(floats)
-                .collect(),
+            rows: case["logits"].as_array().expect("rows").iter().map(floats).collect(),
             all_positions: case["all_positions"].as_bool().unwrap_or(false),
         })
         .collect()
@@ -70,9 +64,7 @@ fn check_f32_logits(model: &str) {
         all_positions,
     } in cases
     {
-        let got = engine
-            .logits(&tokens, all_positions, &context())
-            .expect("logits");
+        let got = engine.logits(&tokens, all_positions, &context()).expect("logits");
         assert_eq!(got.len(), expected.len(), "{model}/{name}: row count");
         for (position, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert_eq!(g.len(), e.len(), "{model}/{name}: vocabulary size");
@@ -128,17 +120,12 @@ fn check_q8_0_quality(model: &str) {
     }
     let agreement = agree as f64 / total as f64;
     let mean_kl = kl_sum / total as f64;
-    eprintln!(
-        "{model} Q8_0: top-1 agreement {agreement:.4} over {total} positions, mean KL {mean_kl:.6}"
-    );
+    eprintln!("{model} Q8_0: top-1 agreement {agreement:.4} over {total} positions, mean KL {mean_kl:.6}");
     assert!(
         agreement >= Q8_0_MIN_TOP1_AGREEMENT,
         "{model} Q8_0 top-1 agreement {agreement}"
     );
-    assert!(
-        mean_kl <= Q8_0_MAX_MEAN_KL,
-        "{model} Q8_0 mean KL {mean_kl}"
-    );
+    assert!(mean_kl <= Q8_0_MAX_MEAN_KL, "{model} Q8_0 mean KL {mean_kl}");
 }
 
 #[test]

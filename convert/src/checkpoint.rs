@@ -74,6 +74,11 @@ impl TensorEntry {
         self.shape.last().copied().unwrap_or(1)
     }
 
+    /// The GGUF dimension list: the PyTorch shape reversed.
+    pub fn ne(&self) -> Vec<u64> {
+        self.shape.iter().rev().map(|&d| d as u64).collect()
+    }
+
     pub fn n_rows(&self) -> usize {
         self.n_elements() / self.row_len().max(1)
     }
@@ -110,11 +115,10 @@ impl Checkpoint {
         // modified while we convert it yields wrong values, never memory unsafety in
         // safe code, because all reads go through bounds-checked slices.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ConvertError::io(&path, e))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&map).map_err(|e| ConvertError::Safetensors {
-                path: path.clone(),
-                reason: describe_safetensors_error(&e),
-            })?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ConvertError::Safetensors {
+            path: path.clone(),
+            reason: describe_safetensors_error(&e),
+        })?;
         let data_start = 8 + header_len;
         let shard = self.shards.len();
         for (name, info) in metadata.tensors() {
@@ -125,9 +129,7 @@ impl Checkpoint {
                 other => {
                     return Err(ConvertError::Safetensors {
                         path: path.clone(),
-                        reason: format!(
-                        "tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"
-                    ),
+                        reason: format!("tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"),
                     })
                 }
             };
@@ -188,11 +190,9 @@ impl Checkpoint {
             // cached pages; the next access re-reads them from the file, so no slice that
             // safe code holds can observe different contents.
             let _ = unsafe {
-                shard.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    first,
-                    last - first,
-                )
+                shard
+                    .map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
             };
         }
     }

@@ -62,11 +62,10 @@ impl HfConfig {
     pub fn opt_u64(&self, keys: &[&str]) -> Result<Option<u64>> {
         for key in keys {
             if let Some(value) = self.lookup(key) {
-                return value.as_u64().map(Some).ok_or_else(|| {
-                    self.error(format!(
-                        "`{key}` must be a non-negative integer, found {value}"
-                    ))
-                });
+                return value
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| self.error(format!("`{key}` must be a non-negative integer, found {value}")));
             }
         }
         Ok(None)
@@ -80,8 +79,7 @@ impl HfConfig {
     /// A u64 that GGUF stores as u32; larger values are an error, not a silent wrap.
     pub fn u32(&self, keys: &[&str]) -> Result<u32> {
         let value = self.u64(keys)?;
-        u32::try_from(value)
-            .map_err(|_| self.error(format!("`{}` = {value} is too large", keys[0])))
+        u32::try_from(value).map_err(|_| self.error(format!("`{}` = {value} is too large", keys[0])))
     }
 
     pub fn opt_u32(&self, keys: &[&str]) -> Result<Option<u32>> {
@@ -114,6 +112,23 @@ impl HfConfig {
         self.lookup(key).and_then(Value::as_bool)
     }
 
+    /// A list of strings such as `mlp_layer_types`.
+    pub fn opt_str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
+        let Some(value) = self.lookup(key) else {
+            return Ok(None);
+        };
+        value
+            .as_array()
+            .and_then(|items| {
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .map(Some)
+            .ok_or_else(|| self.error(format!("`{key}` must be a list of strings")))
+    }
+
     pub fn opt_str(&self, key: &str) -> Option<&str> {
         self.lookup(key).and_then(Value::as_str)
     }
@@ -129,9 +144,10 @@ impl HfConfig {
                 if v.is_null() {
                     continue;
                 }
-                return v.as_f64().map(Some).ok_or_else(|| {
-                    self.error(format!("`{section}.{key}` must be a number, found {v}"))
-                });
+                return v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| self.error(format!("`{section}.{key}` must be a number, found {v}")));
             }
         }
         Ok(None)
@@ -143,10 +159,7 @@ impl HfConfig {
             .iter()
             .filter_map(|k| self.lookup(k).and_then(Value::as_object))
             .find(|m| {
-                let kind = m
-                    .get("rope_type")
-                    .or_else(|| m.get("type"))
-                    .and_then(Value::as_str);
+                let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str);
                 matches!(kind, Some(t) if t != "default")
             })
     }

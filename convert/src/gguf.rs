@@ -110,15 +110,8 @@ pub fn padding(len: u64) -> u64 {
 
 /// Writes magic, version, counts, metadata and tensor infos, then pads to the data
 /// section. Offsets follow the order of `tensors`, each padded to `ALIGNMENT`.
-pub fn write_header<W: Write>(
-    out: &mut W,
-    meta: &Metadata,
-    tensors: &[TensorHeader],
-) -> io::Result<u64> {
-    let mut counter = CountingWriter {
-        inner: out,
-        written: 0,
-    };
+pub fn write_header<W: Write>(out: &mut W, meta: &Metadata, tensors: &[TensorHeader]) -> io::Result<u64> {
+    let mut counter = CountingWriter { inner: out, written: 0 };
     let w = &mut counter;
     w.write_all(b"GGUF")?;
     w.write_all(&3u32.to_le_bytes())?;

@@ -20,6 +20,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use arch::PlanOptions;
 pub use error::{ConvertError, Result};
 pub use tensor_type::{GgmlType, OutType};
 pub use writer::{convert, ConvertOptions, ConvertSummary, Progress};

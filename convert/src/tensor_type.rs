@@ -51,18 +51,14 @@ impl GgmlType {
     /// Encodes whole rows of f32 values (a multiple of the block size) into `out`.
     pub fn encode(self, values: &[f32], out: &mut Vec<u8>) {
         match self {
-            GgmlType::F32 => values
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            GgmlType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             GgmlType::F16 => values
                 .iter()
                 .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
             GgmlType::BF16 => values
                 .iter()
                 .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
-            GgmlType::Q8_0 => values
-                .chunks_exact(32)
-                .for_each(|block| encode_q8_0(block, out)),
+            GgmlType::Q8_0 => values.chunks_exact(32).for_each(|block| encode_q8_0(block, out)),
         }
     }
 }
@@ -103,9 +99,7 @@ impl OutType {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        OutType::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
+        OutType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
 

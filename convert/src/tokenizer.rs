@@ -46,10 +46,7 @@ impl Vocabulary {
     pub fn load(dir: &Path, vocab_size: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(tokenizer_error(
-                &path,
-                "missing: the GGUF needs the tokenizer",
-            ));
+            return Err(tokenizer_error(&path, "missing: the GGUF needs the tokenizer"));
         }
         let json = read_json(&path)?;
         let model = json
@@ -60,9 +57,7 @@ impl Vocabulary {
             Some(other) => {
                 return Err(tokenizer_error(
                     &path,
-                    format!(
-                    "tokenizer model {other:?} is not supported; GLM tokenizers are byte-level BPE"
-                ),
+                    format!("tokenizer model {other:?} is not supported; GLM tokenizers are byte-level BPE"),
                 ))
             }
         }
@@ -78,9 +73,7 @@ impl Vocabulary {
             let slot = tokens.get_mut(id as usize).ok_or_else(|| {
                 tokenizer_error(
                     &path,
-                    format!(
-                        "token {text:?} has id {id}, outside the model's vocab_size {vocab_size}"
-                    ),
+                    format!("token {text:?} has id {id}, outside the model's vocab_size {vocab_size}"),
                 )
             })?;
             *slot = Some(text.to_owned());
@@ -88,9 +81,9 @@ impl Vocabulary {
             Ok(())
         };
         for (text, id) in vocab {
-            let id = id.as_u64().ok_or_else(|| {
-                tokenizer_error(&path, format!("vocab entry {text:?} has no integer id"))
-            })?;
+            let id = id
+                .as_u64()
+                .ok_or_else(|| tokenizer_error(&path, format!("vocab entry {text:?} has no integer id")))?;
             place(id, text, TOKEN_NORMAL)?;
         }
         for token in &added {
@@ -145,18 +138,9 @@ impl Vocabulary {
     ) -> Result<()> {
         meta.set("tokenizer.ggml.model", "gpt2");
         meta.set("tokenizer.ggml.pre", "glm4");
-        meta.set(
-            "tokenizer.ggml.tokens",
-            MetaValue::StrArray(self.tokens.clone()),
-        );
-        meta.set(
-            "tokenizer.ggml.token_type",
-            MetaValue::I32Array(self.types.clone()),
-        );
-        meta.set(
-            "tokenizer.ggml.merges",
-            MetaValue::StrArray(self.merges.clone()),
-        );
+        meta.set("tokenizer.ggml.tokens", MetaValue::StrArray(self.tokens.clone()));
+        meta.set("tokenizer.ggml.token_type", MetaValue::I32Array(self.types.clone()));
+        meta.set("tokenizer.ggml.merges", MetaValue::StrArray(self.merges.clone()));
 
         let tokenizer_config = read_tokenizer_config(dir)?;
         let mut ids: Vec<(&str, u32)> = Vec::new();
@@ -227,9 +211,8 @@ fn added_tokens(json: &Value, path: &Path) -> Result<Vec<AddedToken>> {
             let content = t.get("content").and_then(Value::as_str);
             match (id, content) {
                 (Some(id), Some(content)) => Ok(AddedToken {
-                    id: u32::try_from(id).map_err(|_| {
-                        tokenizer_error(path, format!("added token id {id} too large"))
-                    })?,
+                    id: u32::try_from(id)
+                        .map_err(|_| tokenizer_error(path, format!("added token id {id} too large")))?,
                     content: content.to_owned(),
                     special: t.get("special").and_then(Value::as_bool).unwrap_or(false),
                 }),
@@ -244,11 +227,7 @@ fn looks_special(text: &str) -> bool {
     let wrapped = |open: &str, close: &str| {
         text.starts_with(open) && text.ends_with(close) && text.len() > open.len() + close.len()
     };
-    wrapped("<|", "|>")
-        || wrapped("<｜", "｜>")
-        || text == "<pad>"
-        || text == "<mask>"
-        || text.starts_with("<unused")
+    wrapped("<|", "|>") || wrapped("<｜", "｜>") || text == "<pad>" || text == "<mask>" || text.starts_with("<unused")
 }
 
 /// Merges as "A B" strings; the newer pair form is joined with a space, after encoding any
@@ -285,8 +264,7 @@ fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Map<String, Value>> {
 
 /// A special token given as a string or as `{ "content": … }`.
 fn token_text(v: &Value) -> Option<&str> {
-    v.as_str()
-        .or_else(|| v.get("content").and_then(Value::as_str))
+    v.as_str().or_else(|| v.get("content").and_then(Value::as_str))
 }
 
 /// The checkpoint's chat template, wherever the folder keeps it.
@@ -296,14 +274,8 @@ pub fn find_chat_template(dir: &Path) -> Result<Option<String>> {
 
 /// The chat template: `tokenizer_config.json` `chat_template` (string, or the `default`
 /// entry of a list), else `chat_template.jinja`, else `chat_template.json`.
-fn chat_template(
-    dir: &Path,
-    tokenizer_config: &serde_json::Map<String, Value>,
-) -> Result<Option<String>> {
-    if let Some(t) = tokenizer_config
-        .get("chat_template")
-        .and_then(template_value)
-    {
+fn chat_template(dir: &Path, tokenizer_config: &serde_json::Map<String, Value>) -> Result<Option<String>> {
+    if let Some(t) = tokenizer_config.get("chat_template").and_then(template_value) {
         return Ok(Some(t));
     }
     let jinja = dir.join("chat_template.jinja");
@@ -314,9 +286,7 @@ fn chat_template(
     }
     let json_path = dir.join("chat_template.json");
     if json_path.is_file() {
-        return Ok(read_json(&json_path)?
-            .get("chat_template")
-            .and_then(template_value));
+        return Ok(read_json(&json_path)?.get("chat_template").and_then(template_value));
     }
     Ok(None)
 }

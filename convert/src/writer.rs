@@ -1,12 +1,13 @@
 //! The conversion driver: plan, header, then one streaming pass over the tensors.
 
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde_json::Value;
 
-use crate::arch::{self, Architecture, PlannedTensor};
+use crate::arch::{self, Architecture, PlanOptions, PlannedTensor, SourceSlice};
 use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::config::HfConfig;
 use crate::error::{read_json, ConvertError, Result};
@@ -23,6 +24,7 @@ pub struct ConvertOptions {
     pub out_type: OutType,
     /// `general.name`; defaults to the checkpoint folder name.
     pub name: Option<String>,
+    pub plan: PlanOptions,
 }
 
 /// Reports progress in source bytes; the CLI draws a bar, tests pass `()`.
@@ -60,13 +62,14 @@ pub fn convert(
         supported: arch::supported().join(", "),
     })?;
     let checkpoint = Checkpoint::open(input)?;
-    let planned = arch.plan(&config, &checkpoint)?;
+    let planned = arch.plan(&config, &checkpoint, &options.plan)?;
+    let layers = arch::layer_counts(&config, &planned)?;
     let headers = plan_headers(&planned, &checkpoint, options.out_type)?;
     let parameters = headers.iter().map(|h| h.ne.iter().product::<u64>()).sum();
 
     let mut meta = Metadata::default();
     write_general(&mut meta, input, arch, options, parameters)?;
-    arch.write_hparams(&config, &mut meta)?;
+    arch.write_hparams(&config, layers, &mut meta)?;
     let vocab_size = embedding_rows(&checkpoint, &config)?;
     let vocab = Vocabulary::load(input, vocab_size)?;
     vocab.write_metadata(&mut meta, input, &config, &arch.special_tokens())?;
@@ -91,23 +94,24 @@ pub fn convert(
     let total: u64 = planned
         .iter()
         .flat_map(|p| &p.sources)
-        .filter_map(|s| checkpoint.get(s))
-        .map(|e| (e.n_elements() * e.dtype.size()) as u64)
+        .filter_map(|s| {
+            let entry = checkpoint.get(&s.tensor)?;
+            let rows = slice_rows(s, entry).ok()?;
+            Some((rows.len() * entry.row_len() * entry.dtype.size()) as u64)
+        })
         .sum();
     progress.begin(total);
     let mut written = gguf::write_header(&mut out, &meta, &headers).map_err(io_err)?;
     for (plan, header) in planned.iter().zip(&headers) {
-        written +=
-            write_tensor(&mut out, &checkpoint, plan, header, progress).map_err(|e| match e {
-                WriteError::Io(e) => io_err(e),
-                WriteError::Convert(e) => e,
-            })?;
+        written += write_tensor(&mut out, &checkpoint, plan, header, progress).map_err(|e| match e {
+            WriteError::Io(e) => io_err(e),
+            WriteError::Convert(e) => e,
+        })?;
     }
     out.flush().map_err(io_err)?;
     drop(out);
     temp.as_file().sync_all().map_err(io_err)?;
-    temp.persist(output)
-        .map_err(|e| ConvertError::io(output, e.error))?;
+    temp.persist(output).map_err(|e| ConvertError::io(output, e.error))?;
     progress.finish();
     Ok(ConvertSummary {
         output: output.to_path_buf(),
@@ -123,15 +127,11 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
     let embed = checkpoint
         .get("model.embed_tokens.weight")
         .or_else(|| checkpoint.get("model.language_model.embed_tokens.weight"))
-        .ok_or_else(|| {
-            ConvertError::tensor("model.embed_tokens.weight", "missing from the checkpoint")
-        })?;
+        .ok_or_else(|| ConvertError::tensor("model.embed_tokens.weight", "missing from the checkpoint"))?;
     let rows = embed.shape.first().copied().unwrap_or(0);
     if let Some(v) = config.opt_u64(&["vocab_size", "padded_vocab_size"])? {
         if v as usize != rows {
-            return Err(config.error(format!(
-                "vocab_size {v} differs from the embedding's {rows} rows"
-            )));
+            return Err(config.error(format!("vocab_size {v} differs from the embedding's {rows} rows")));
         }
     }
     Ok(rows)
@@ -140,8 +140,7 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
 /// Which ggml type a tensor is stored as: vectors, norms and biases stay F32 (llama.cpp
 /// reads them as F32); quantized types fall back to F16 when rows are not whole blocks.
 pub fn storage_type(name: &str, ne: &[u64], out_type: OutType) -> GgmlType {
-    let is_matrix_weight =
-        ne.len() >= 2 && name.ends_with(".weight") && !name.ends_with("_norm.weight");
+    let is_matrix_weight = ne.len() >= 2 && name.ends_with(".weight") && !name.ends_with("_norm.weight");
     if !is_matrix_weight {
         return GgmlType::F32;
     }
@@ -153,11 +152,7 @@ pub fn storage_type(name: &str, ne: &[u64], out_type: OutType) -> GgmlType {
     }
 }
 
-fn plan_headers(
-    planned: &[PlannedTensor],
-    checkpoint: &Checkpoint,
-    out_type: OutType,
-) -> Result<Vec<TensorHeader>> {
+fn plan_headers(planned: &[PlannedTensor], checkpoint: &Checkpoint, out_type: OutType) -> Result<Vec<TensorHeader>> {
     let mut seen = std::collections::HashSet::new();
     planned
         .iter()
@@ -169,26 +164,29 @@ fn plan_headers(
                 ));
             }
             if p.name.len() > 63 {
-                return Err(ConvertError::tensor(
-                    &p.name,
-                    "name longer than ggml's 63-byte limit",
-                ));
+                return Err(ConvertError::tensor(&p.name, "name longer than ggml's 63-byte limit"));
             }
             let expected: u64 = p.ne.iter().product();
             let mut found = 0u64;
-            for s in &p.sources {
-                let entry = checkpoint
-                    .get(s)
-                    .ok_or_else(|| ConvertError::tensor(s, "missing from the checkpoint"))?;
-                found += entry.n_elements() as u64;
+            for slice in &p.sources {
+                let entry = source_entry(checkpoint, slice)?;
+                let rows = slice_rows(slice, entry)?;
+                let (row_len, n_rows) = written_shape(slice, entry, &rows);
+                if row_len as u64 != p.ne[0] {
+                    return Err(ConvertError::tensor(
+                        &p.name,
+                        format!(
+                            "{} gives rows of {row_len} values, the shape {:?} needs {}",
+                            slice.tensor, p.ne, p.ne[0]
+                        ),
+                    ));
+                }
+                found += (row_len * n_rows) as u64;
             }
             if found != expected {
                 return Err(ConvertError::tensor(
                     &p.name,
-                    format!(
-                        "sources hold {found} values, shape {:?} needs {expected}",
-                        p.ne
-                    ),
+                    format!("sources hold {found} values, shape {:?} needs {expected}", p.ne),
                 ));
             }
             Ok(TensorHeader {
@@ -211,6 +209,33 @@ impl From<std::io::Error> for WriteError {
     }
 }
 
+fn source_entry<'a>(checkpoint: &'a Checkpoint, slice: &SourceSlice) -> Result<&'a TensorEntry> {
+    checkpoint
+        .get(&slice.tensor)
+        .ok_or_else(|| ConvertError::tensor(&slice.tensor, "missing from the checkpoint"))
+}
+
+/// The rows a slice selects, checked against the tensor's row count.
+fn slice_rows(slice: &SourceSlice, entry: &TensorEntry) -> Result<Range<usize>> {
+    let rows = slice.rows.clone().unwrap_or(0..entry.n_rows());
+    if rows.start > rows.end || rows.end > entry.n_rows() {
+        return Err(ConvertError::tensor(
+            &entry.name,
+            format!("rows {rows:?} requested, the tensor has {}", entry.n_rows()),
+        ));
+    }
+    Ok(rows)
+}
+
+/// (row length, row count) of a slice as written, after its optional transpose.
+fn written_shape(slice: &SourceSlice, entry: &TensorEntry, rows: &Range<usize>) -> (usize, usize) {
+    if slice.transpose {
+        (rows.len(), entry.row_len())
+    } else {
+        (entry.row_len(), rows.len())
+    }
+}
+
 /// Streams one tensor: row chunks are decoded to f32 and encoded in parallel, then written
 /// in order; consumed source pages are released right away.
 fn write_tensor<W: Write>(
@@ -222,24 +247,18 @@ fn write_tensor<W: Write>(
 ) -> Result<u64, WriteError> {
     let ty = header.ggml_type;
     let mut written = 0u64;
-    for source in &plan.sources {
-        let entry = checkpoint.get(source).ok_or_else(|| {
-            WriteError::Convert(ConvertError::tensor(source, "missing from the checkpoint"))
-        })?;
-        if entry.row_len() as u64 != header.ne[0] {
-            return Err(WriteError::Convert(ConvertError::tensor(
-                source,
-                format!(
-                    "rows of {} values do not match the planned shape {:?}",
-                    entry.row_len(),
-                    header.ne
-                ),
-            )));
+    for slice in &plan.sources {
+        let entry = source_entry(checkpoint, slice).map_err(WriteError::Convert)?;
+        let rows = slice_rows(slice, entry).map_err(WriteError::Convert)?;
+        if slice.transpose {
+            written += write_transposed(out, checkpoint, entry, rows.clone(), ty)?;
+            progress.advance((rows.len() * entry.row_len() * entry.dtype.size()) as u64);
+            continue;
         }
         let rows_per_chunk = (CHUNK_ELEMENTS / entry.row_len().max(1)).max(1);
-        let mut row = 0;
-        while row < entry.n_rows() {
-            let end = (row + rows_per_chunk).min(entry.n_rows());
+        let mut row = rows.start;
+        while row < rows.end {
+            let end = (row + rows_per_chunk).min(rows.end);
             let bytes = checkpoint.row_bytes(entry, row..end);
             written += encode_chunk(out, bytes, entry, ty)?;
             checkpoint.release_rows(entry, row..end);
@@ -250,10 +269,7 @@ fn write_tensor<W: Write>(
     if written != header.n_bytes() {
         return Err(WriteError::Convert(ConvertError::tensor(
             &plan.name,
-            format!(
-                "wrote {written} bytes, header promised {}",
-                header.n_bytes()
-            ),
+            format!("wrote {written} bytes, header promised {}", header.n_bytes()),
         )));
     }
     let pad = gguf::padding(written);
@@ -261,12 +277,29 @@ fn write_tensor<W: Write>(
     Ok(written + pad)
 }
 
-fn encode_chunk<W: Write>(
+/// A small block (one MLA head's key rows) written with rows and columns swapped.
+fn write_transposed<W: Write>(
     out: &mut W,
-    bytes: &[u8],
+    checkpoint: &Checkpoint,
     entry: &TensorEntry,
+    rows: Range<usize>,
     ty: GgmlType,
 ) -> std::io::Result<u64> {
+    let (n_rows, row_len) = (rows.len(), entry.row_len());
+    let bytes = checkpoint.row_bytes(entry, rows);
+    let mut values = vec![0f32; n_rows * row_len];
+    entry.dtype.decode_into(bytes, &mut values);
+    let transposed: Vec<f32> = (0..row_len)
+        .flat_map(|c| (0..n_rows).map(move |r| (r, c)))
+        .map(|(r, c)| values[r * row_len + c])
+        .collect();
+    let mut encoded = Vec::with_capacity(ty.row_bytes(transposed.len()));
+    ty.encode(&transposed, &mut encoded);
+    out.write_all(&encoded)?;
+    Ok(encoded.len() as u64)
+}
+
+fn encode_chunk<W: Write>(out: &mut W, bytes: &[u8], entry: &TensorEntry, ty: GgmlType) -> std::io::Result<u64> {
     let src_row_bytes = entry.row_len() * entry.dtype.size();
     // Whole source rows per task keep quantization blocks intact.
     let rows_per_task = (bytes.len() / src_row_bytes / rayon::current_num_threads().max(1)).max(1);
@@ -298,10 +331,7 @@ fn write_general(
     let base = crate::model_base_name(input);
     meta.set("general.architecture", arch.gguf_arch());
     meta.set("general.type", "model");
-    meta.set(
-        "general.name",
-        options.name.clone().unwrap_or_else(|| base.clone()),
-    );
+    meta.set("general.name", options.name.clone().unwrap_or_else(|| base.clone()));
     meta.set("general.basename", base);
     meta.set("general.size_label", crate::size_label(parameters));
     meta.set("general.file_type", options.out_type.file_type());

@@ -2,5 +2,7 @@
 //! Pure Rust, testable without a model.
 
 pub mod template;
+pub mod thinking;
 
 pub use template::{ChatTemplate, RenderOptions};
+pub use thinking::{prompt_opens_thinking, Segment, ThinkingSplitter};

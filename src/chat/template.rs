@@ -50,11 +50,7 @@ impl ChatTemplate {
     }
 
     /// Renders `messages` (OpenAI message objects) into the prompt text.
-    pub fn render(
-        &self,
-        messages: &[Json],
-        options: &RenderOptions,
-    ) -> Result<String, TemplateError> {
+    pub fn render(&self, messages: &[Json], options: &RenderOptions) -> Result<String, TemplateError> {
         let mut context = options.extra.clone();
         context.insert("messages".into(), Json::Array(messages.to_vec()));
         context.insert(
@@ -95,10 +91,7 @@ fn to_jinja(value: &Json) -> Value {
 
 fn describe(e: &Error) -> String {
     match e.line() {
-        Some(line) => format!(
-            "{} (template line {line})",
-            e.detail().unwrap_or(&e.to_string())
-        ),
+        Some(line) => format!("{} (template line {line})", e.detail().unwrap_or(&e.to_string())),
         None => e.to_string(),
     }
 }
@@ -125,12 +118,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(
-    value: &Value,
-    indent: Option<usize>,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), Error> {
+fn write_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -244,9 +232,7 @@ mod tests {
     fn render(source: &str, messages: Json) -> String {
         let template = ChatTemplate::new(source).unwrap();
         let messages = messages.as_array().unwrap().clone();
-        template
-            .render(&messages, &RenderOptions::default())
-            .unwrap()
+        template.render(&messages, &RenderOptions::default()).unwrap()
     }
 
     #[test]
@@ -263,10 +249,7 @@ mod tests {
 
     #[test]
     fn tojson_indent_like_python() {
-        let out = render(
-            "{{ messages[0] | tojson(indent=2) }}",
-            json!([{"a": [1, 2], "b": {}}]),
-        );
+        let out = render("{{ messages[0] | tojson(indent=2) }}", json!([{"a": [1, 2], "b": {}}]));
         assert_eq!(out, "{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": {}\n}");
     }
 

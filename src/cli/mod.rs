@@ -46,6 +46,9 @@ pub struct ConvertArgs {
     /// `general.name` written into the file [default: the folder name].
     #[arg(long)]
     pub name: Option<String>,
+    /// Leave out the multi-token-prediction (NextN) layers of GLM-4.5+ checkpoints.
+    #[arg(long = "no-mtp")]
+    pub no_mtp: bool,
 }
 
 /// Where the model comes from and how it is loaded.
@@ -130,6 +133,10 @@ pub struct RunArgs {
     /// Stop after this many generated tokens.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
     pub max_tokens: usize,
+    /// Do not print the model's reasoning (`<think>` blocks); by default it goes to
+    /// stderr, dimmed on a terminal, and only the answer goes to stdout.
+    #[arg(long = "hide-reasoning")]
+    pub hide_reasoning: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,15 +1,12 @@
 use anyhow::{anyhow, Result};
-use glm_convert::{ConvertOptions, OutType};
+use glm_convert::{ConvertOptions, OutType, PlanOptions};
 
 use crate::cli::ConvertArgs;
 use crate::progress::ConvertProgress;
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
     let out_type = OutType::parse(&args.out_type).ok_or_else(|| {
-        let names: Vec<_> = OutType::ALL
-            .iter()
-            .map(|t| t.name().to_lowercase())
-            .collect();
+        let names: Vec<_> = OutType::ALL.iter().map(|t| t.name().to_lowercase()).collect();
         anyhow!(
             "--type {}: unknown type (choose one of {})",
             args.out_type,
@@ -26,6 +23,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let options = ConvertOptions {
         out_type,
         name: args.name.clone(),
+        plan: PlanOptions { keep_mtp: !args.no_mtp },
     };
     let summary = glm_convert::convert(&args.input, &output, &options, &ConvertProgress::new())?;
     eprintln!(

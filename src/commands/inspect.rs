@@ -49,11 +49,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     }
     writeln!(out, "\n{} parameters", total_elements)?;
     for (name, (count, bytes)) in per_type {
-        writeln!(
-            out,
-            "  {name:<6} {count:>5} tensors {:>12}",
-            human_bytes(bytes)
-        )?;
+        writeln!(out, "  {name:<6} {count:>5} tensors {:>12}", human_bytes(bytes))?;
     }
     print!("{out}");
     Ok(())

@@ -8,8 +8,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     let tokens = match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => tokens.clone(),
         (None, Some(prompt)) => {
-            let text =
-                super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?)?;
+            let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?)?;
             engine.tokenize(&text)
         }
         (None, None) => anyhow::bail!("give --prompt or --tokens"),
@@ -25,10 +24,9 @@ fn write_atomically(path: &std::path::Path, body: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let mut temp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("{}: cannot write here", dir.display()))?;
-    std::io::Write::write_all(&mut temp, body)
-        .with_context(|| format!("{}: write failed", path.display()))?;
+    let mut temp =
+        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("{}: cannot write here", dir.display()))?;
+    std::io::Write::write_all(&mut temp, body).with_context(|| format!("{}: write failed", path.display()))?;
     temp.persist(path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
     Ok(())

@@ -66,9 +66,7 @@ pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str) -> Res
         ..Default::default()
     };
     if let Some(thinking) = format.enable_thinking() {
-        options
-            .extra
-            .insert("enable_thinking".into(), thinking.into());
+        options.extra.insert("enable_thinking".into(), thinking.into());
     }
     for (variable, key) in [
         ("bos_token", "tokenizer.ggml.bos_token_id"),

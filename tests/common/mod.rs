@@ -42,12 +42,11 @@ pub fn converted(model: &str, out_type: OutType) -> PathBuf {
     if let Some(path) = done.get(&key) {
         return path.clone();
     }
-    let output = work_dir()
-        .path()
-        .join(format!("{model}-{}.gguf", out_type.name()));
+    let output = work_dir().path().join(format!("{model}-{}.gguf", out_type.name()));
     let options = ConvertOptions {
         out_type,
         name: None,
+        plan: Default::default(),
     };
     glm_convert::convert(&model_dir(model), &output, &options, &())
         .unwrap_or_else(|e| panic!("converting {model} to {}: {e}", out_type.name()));
@@ -76,13 +75,16 @@ pub fn floats(value: &Value) -> Vec<f32> {
 pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            },
+        )
         .0
 }
 

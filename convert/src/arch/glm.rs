@@ -3,9 +3,10 @@
 //! Pre-norm blocks, q/k/v with bias, fused gate/up MLP, interleaved partial RoPE.
 
 use super::{
-    dense_block_tensor, global_tensor_role, layer_tensor, write_dense_hparams, Architecture,
-    TensorRole,
+    dense_block_tensor, global_tensor_role, layer_tensor, write_common_hparams, write_gqa_hparams, Architecture,
+    LayerCounts, PlanOptions, TensorRole,
 };
+use crate::checkpoint::TensorEntry;
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::gguf::Metadata;
@@ -22,21 +23,13 @@ impl Architecture for Glm {
         "chatglm"
     }
 
-    fn write_hparams(&self, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
-        write_dense_hparams(self.gguf_arch(), config, meta)
+    fn write_hparams(&self, config: &HfConfig, layers: LayerCounts, meta: &mut Metadata) -> Result<()> {
+        write_common_hparams(self.gguf_arch(), config, layers, meta)?;
+        write_gqa_hparams(self.gguf_arch(), config, false, meta)
     }
 
-    fn tensor_role(&self, config: &HfConfig, hf_name: &str) -> Option<TensorRole> {
-        if let Some(role) = global_tensor_role(config, hf_name) {
-            return Some(role);
-        }
-        let (layer, rest) = layer_tensor(hf_name)?;
-        let gguf = match rest {
-            "post_attention_layernorm.weight" => "ffn_norm.weight",
-            _ if rest.ends_with("rotary_emb.inv_freq") => return Some(TensorRole::Skip),
-            _ => dense_block_tensor(rest)?,
-        };
-        Some(TensorRole::Rename(format!("blk.{layer}.{gguf}")))
+    fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, _: &PlanOptions) -> Result<Option<TensorRole>> {
+        Ok(role(config, &entry.name))
     }
 
     fn special_tokens(&self) -> SpecialTokens {
@@ -47,4 +40,17 @@ impl Architecture for Glm {
             ..Default::default()
         }
     }
+}
+
+fn role(config: &HfConfig, hf_name: &str) -> Option<TensorRole> {
+    if let Some(role) = global_tensor_role(config, hf_name) {
+        return Some(role);
+    }
+    let (layer, rest) = layer_tensor(hf_name)?;
+    let gguf = match rest {
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        _ if rest.ends_with("rotary_emb.inv_freq") => return Some(TensorRole::Skip),
+        _ => dense_block_tensor(rest)?,
+    };
+    Some(TensorRole::Rename(format!("blk.{layer}.{gguf}")))
 }

@@ -3,29 +3,110 @@
 
 mod glm;
 mod glm4;
+mod glm4moe;
+mod glm4moe_lite;
+mod moe;
 
-use crate::checkpoint::Checkpoint;
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::config::HfConfig;
 use crate::error::{ConvertError, Result};
 use crate::gguf::Metadata;
 use crate::tokenizer::SpecialTokens;
 
+/// Choices that change which tensors a file holds.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Keep multi-token-prediction (NextN) layers (llama.cpp's default).
+    pub keep_mtp: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self { keep_mtp: true }
+    }
+}
+
+/// Which projection of a routed expert a tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExpertProjection {
+    Gate,
+    Up,
+    Down,
+}
+
+impl ExpertProjection {
+    fn gguf_name(self, layer: u32) -> String {
+        let kind = match self {
+            ExpertProjection::Gate => "gate",
+            ExpertProjection::Up => "up",
+            ExpertProjection::Down => "down",
+        };
+        format!("blk.{layer}.ffn_{kind}_exps.weight")
+    }
+}
+
 /// What becomes of one checkpoint tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum TensorRole {
     /// Written under this GGUF name, data unchanged (only the shape list is reversed).
     Rename(String),
-    /// Not part of the text model (rotary caches, tied heads, vision tower).
+    /// Not part of the file (rotary caches, tied heads, vision tower, dropped MTP layers).
     Skip,
+    /// One routed expert's matrix, stacked with its siblings into a 3-D tensor.
+    Expert {
+        layer: u32,
+        expert: u32,
+        projection: ExpertProjection,
+    },
+    /// Output tensors built from parts of this one (split, transposed, re-sliced).
+    Derived(Vec<PlannedTensor>),
 }
 
-/// One tensor of the output file and the checkpoint tensors its rows come from, in order.
+/// A run of rows of a checkpoint tensor viewed as 2-D `[rows, row_len]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSlice {
+    pub tensor: String,
+    /// `None` means every row.
+    pub rows: Option<Range<usize>>,
+    /// Write the selected block transposed (its rows become columns).
+    pub transpose: bool,
+}
+
+impl SourceSlice {
+    pub fn whole(tensor: &str) -> Self {
+        Self {
+            tensor: tensor.to_owned(),
+            rows: None,
+            transpose: false,
+        }
+    }
+
+    pub fn rows(tensor: &str, rows: Range<usize>) -> Self {
+        Self {
+            tensor: tensor.to_owned(),
+            rows: Some(rows),
+            transpose: false,
+        }
+    }
+}
+
+/// One tensor of the output file and the checkpoint rows it is made of, in order.
 #[derive(Debug, Clone)]
 pub struct PlannedTensor {
     pub name: String,
-    pub sources: Vec<String>,
+    pub sources: Vec<SourceSlice>,
     /// ggml order: `ne[0]` is the contiguous dimension.
     pub ne: Vec<u64>,
+}
+
+/// Trunk and multi-token-prediction layer counts of the planned file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerCounts {
+    pub trunk: u32,
+    pub mtp: u32,
 }
 
 pub trait Architecture: Sync {
@@ -36,25 +117,39 @@ pub trait Architecture: Sync {
     fn gguf_arch(&self) -> &'static str;
 
     /// Writes the `<arch>.*` hyper-parameter keys.
-    fn write_hparams(&self, config: &HfConfig, meta: &mut Metadata) -> Result<()>;
+    fn write_hparams(&self, config: &HfConfig, layers: LayerCounts, meta: &mut Metadata) -> Result<()>;
 
     /// Maps a checkpoint tensor; `None` means the tensor is not expected here.
-    fn tensor_role(&self, config: &HfConfig, hf_name: &str) -> Option<TensorRole>;
+    fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, options: &PlanOptions) -> Result<Option<TensorRole>>;
 
     /// Token roles llama.cpp expects for this architecture, by token text.
     fn special_tokens(&self) -> SpecialTokens;
 
-    /// The output tensors. By default one per kept checkpoint tensor, in checkpoint order.
-    fn plan(&self, config: &HfConfig, checkpoint: &Checkpoint) -> Result<Vec<PlannedTensor>> {
+    /// Routed experts per MoE layer (0 for dense architectures).
+    fn expert_count(&self, _config: &HfConfig) -> Result<u32> {
+        Ok(0)
+    }
+
+    /// The output tensors, in llama.cpp's usual file order.
+    fn plan(&self, config: &HfConfig, checkpoint: &Checkpoint, options: &PlanOptions) -> Result<Vec<PlannedTensor>> {
         let mut planned = Vec::new();
+        let mut experts: BTreeMap<(u32, ExpertProjection), Vec<(u32, &TensorEntry)>> = BTreeMap::new();
         for entry in checkpoint.entries() {
-            match self.tensor_role(config, &entry.name) {
+            match self.tensor_role(config, entry, options)? {
                 Some(TensorRole::Rename(name)) => planned.push(PlannedTensor {
                     name,
-                    sources: vec![entry.name.clone()],
-                    ne: entry.shape.iter().rev().map(|&d| d as u64).collect(),
+                    sources: vec![SourceSlice::whole(&entry.name)],
+                    ne: entry.ne(),
                 }),
                 Some(TensorRole::Skip) => {}
+                Some(TensorRole::Expert {
+                    layer,
+                    expert,
+                    projection,
+                }) => {
+                    experts.entry((layer, projection)).or_default().push((expert, entry));
+                }
+                Some(TensorRole::Derived(parts)) => planned.extend(parts),
                 None => {
                     return Err(ConvertError::tensor(
                         &entry.name,
@@ -67,21 +162,62 @@ pub trait Architecture: Sync {
                 }
             }
         }
+        let expected = self.expert_count(config)?;
+        for ((layer, projection), members) in experts {
+            planned.push(moe::stack_experts(projection.gguf_name(layer), members, expected)?);
+        }
+        planned.sort_by_cached_key(|t| file_order(&t.name));
         Ok(planned)
     }
 }
 
-static ARCHITECTURES: &[&dyn Architecture] = &[&glm::Glm, &glm4::Glm4];
+static ARCHITECTURES: &[&dyn Architecture] = &[&glm::Glm, &glm4::Glm4, &glm4moe::Glm4Moe, &glm4moe_lite::Glm4MoeLite];
 
 pub fn find(hf_name: &str) -> Option<&'static dyn Architecture> {
-    ARCHITECTURES
-        .iter()
-        .copied()
-        .find(|a| a.hf_name() == hf_name)
+    ARCHITECTURES.iter().copied().find(|a| a.hf_name() == hf_name)
 }
 
 pub fn supported() -> Vec<&'static str> {
     ARCHITECTURES.iter().map(|a| a.hf_name()).collect()
+}
+
+/// Counts the trunk and the kept MTP layers of a plan: blocks numbered at or beyond the
+/// config's `num_hidden_layers` are NextN layers.
+pub fn layer_counts(config: &HfConfig, planned: &[PlannedTensor]) -> Result<LayerCounts> {
+    let trunk = config.u32(&["num_hidden_layers", "num_layers"])?;
+    let mut mtp_layers = std::collections::BTreeSet::new();
+    for t in planned {
+        if let Some(layer) = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            if layer >= trunk {
+                mtp_layers.insert(layer);
+            }
+        }
+    }
+    Ok(LayerCounts {
+        trunk,
+        mtp: mtp_layers.len() as u32,
+    })
+}
+
+/// The order llama.cpp's own converter uses: embeddings, then blocks by layer number,
+/// then the output head. Only readability depends on it (`glm inspect`).
+pub(crate) fn file_order(gguf_name: &str) -> (u8, u32, String) {
+    if let Some(rest) = gguf_name.strip_prefix("blk.") {
+        let layer = rest.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
+        return (1, layer, gguf_name.to_owned());
+    }
+    let group = match gguf_name {
+        n if n.starts_with("token_embd") => 0,
+        n if n.starts_with("output_norm") => 2,
+        n if n.starts_with("output") => 3,
+        _ => 4,
+    };
+    (group, 0, gguf_name.to_owned())
 }
 
 /// Splits `model.layers.{i}.{rest}` (also under `model.language_model.`) into `(i, rest)`.
@@ -114,6 +250,19 @@ pub(crate) fn global_tensor_role(config: &HfConfig, hf_name: &str) -> Option<Ten
 
 /// Attention and MLP tensors shared by the dense GLM blocks (chatglm and glm4 layouts).
 pub(crate) fn dense_block_tensor(rest: &str) -> Option<&'static str> {
+    if let Some(name) = gqa_attention_tensor(rest) {
+        return Some(name);
+    }
+    Some(match rest {
+        // Kept fused: llama.cpp's SwiGLU takes gate from the first half of ffn_up.
+        "mlp.gate_up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    })
+}
+
+/// Grouped-query attention tensors (chatglm, glm4, glm4moe).
+pub(crate) fn gqa_attention_tensor(rest: &str) -> Option<&'static str> {
     Some(match rest {
         "input_layernorm.weight" => "attn_norm.weight",
         "self_attn.q_proj.weight" => "attn_q.weight",
@@ -123,17 +272,18 @@ pub(crate) fn dense_block_tensor(rest: &str) -> Option<&'static str> {
         "self_attn.v_proj.weight" => "attn_v.weight",
         "self_attn.v_proj.bias" => "attn_v.bias",
         "self_attn.o_proj.weight" => "attn_output.weight",
-        // Kept fused: llama.cpp's SwiGLU takes gate from the first half of ffn_up.
-        "mlp.gate_up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         _ => return None,
     })
 }
 
-/// Keys common to the dense GLM architectures (chatglm, glm4).
-pub(crate) fn write_dense_hparams(
+/// Keys every GLM text model has: sizes, depth (trunk + kept NextN layers), norm
+/// epsilon and RoPE base/scaling.
+pub(crate) fn write_common_hparams(
     arch: &str,
     config: &HfConfig,
+    layers: LayerCounts,
     meta: &mut Metadata,
 ) -> Result<()> {
     let key = |k: &str| format!("{arch}.{k}");
@@ -142,40 +292,50 @@ pub(crate) fn write_dense_hparams(
         config.u32(&["max_position_embeddings", "seq_length"])?,
     );
     meta.set(key("embedding_length"), config.u32(&["hidden_size"])?);
-    meta.set(
-        key("block_count"),
-        config.u32(&["num_hidden_layers", "num_layers"])?,
-    );
+    meta.set(key("block_count"), layers.trunk + layers.mtp);
+    if layers.mtp > 0 {
+        meta.set(key("nextn_predict_layers"), layers.mtp);
+    }
     meta.set(
         key("feed_forward_length"),
         config.u32(&["intermediate_size", "ffn_hidden_size"])?,
     );
+    meta.set(
+        key("attention.layer_norm_rms_epsilon"),
+        config.f64(&["rms_norm_eps", "layernorm_epsilon"])? as f32,
+    );
+    if let Some(theta) = config.rope_f64("rope_theta")? {
+        meta.set(key("rope.freq_base"), theta as f32);
+    }
+    write_rope_scaling(arch, config, meta)
+}
+
+/// Grouped-query attention keys (chatglm, glm4, glm4moe): heads, head size and the
+/// partial rotary width. `always_head_dim` writes key/value lengths even when the config
+/// leaves head_dim implicit (glm4moe's head_dim is not hidden/heads).
+pub(crate) fn write_gqa_hparams(
+    arch: &str,
+    config: &HfConfig,
+    always_head_dim: bool,
+    meta: &mut Metadata,
+) -> Result<()> {
+    let key = |k: &str| format!("{arch}.{k}");
     let heads = config.u32(&["num_attention_heads"])?;
     meta.set(key("attention.head_count"), heads);
     let kv_heads = config
         .opt_u32(&["num_key_value_heads", "multi_query_group_num"])?
         .unwrap_or(heads);
     meta.set(key("attention.head_count_kv"), kv_heads);
-    meta.set(
-        key("attention.layer_norm_rms_epsilon"),
-        config.f64(&["rms_norm_eps", "layernorm_epsilon"])? as f32,
-    );
     let head_dim = config.head_dim()?;
-    if config.opt_u64(&["head_dim"])?.is_some() {
+    if always_head_dim || config.opt_u64(&["head_dim"])?.is_some() {
         let d = u32::try_from(head_dim).map_err(|_| config.error("head_dim too large"))?;
         meta.set(key("attention.key_length"), d);
         meta.set(key("attention.value_length"), d);
     }
     // GLM rotates the first half of each head unless the config says otherwise.
     let factor = config.rope_f64("partial_rotary_factor")?.unwrap_or(0.5);
-    meta.set(
-        key("rope.dimension_count"),
-        (head_dim as f64 * factor).round() as u32,
-    );
-    if let Some(theta) = config.rope_f64("rope_theta")? {
-        meta.set(key("rope.freq_base"), theta as f32);
-    }
-    write_rope_scaling(arch, config, meta)
+    meta.set(key("rope.dimension_count"), (head_dim as f64 * factor).round() as u32);
+    Ok(())
 }
 
 /// Linear and YaRN context extension, when a checkpoint declares one.
@@ -189,8 +349,7 @@ pub(crate) fn write_rope_scaling(arch: &str, config: &HfConfig, meta: &mut Metad
         .and_then(|v| v.as_str())
         .unwrap_or_default();
     let number = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
-    let factor = number("factor")
-        .ok_or_else(|| config.error(format!("rope scaling {kind:?} has no `factor`")))?;
+    let factor = number("factor").ok_or_else(|| config.error(format!("rope scaling {kind:?} has no `factor`")))?;
     match kind {
         "linear" => {
             meta.set(format!("{arch}.rope.scaling.type"), "linear");
@@ -200,10 +359,7 @@ pub(crate) fn write_rope_scaling(arch: &str, config: &HfConfig, meta: &mut Metad
             meta.set(format!("{arch}.rope.scaling.type"), "yarn");
             meta.set(format!("{arch}.rope.scaling.factor"), factor as f32);
             if let Some(n) = number("original_max_position_embeddings") {
-                meta.set(
-                    format!("{arch}.rope.scaling.original_context_length"),
-                    n as u32,
-                );
+                meta.set(format!("{arch}.rope.scaling.original_context_length"), n as u32);
             }
             for (hf, gguf) in [
                 ("beta_fast", "rope.scaling.yarn_beta_fast"),
