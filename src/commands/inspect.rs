@@ -23,6 +23,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         model.num_kv(),
         model.num_tensor()
     )?;
+    write_summary(&mut out, model.metadata())?;
     writeln!(out, "\nmetadata:")?;
     for (key, value) in model.metadata() {
         writeln!(out, "  {key:<44} {}", describe(value, args.full))?;
@@ -52,6 +53,46 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         writeln!(out, "  {name:<6} {count:>5} tensors {:>12}", human_bytes(bytes))?;
     }
     print!("{out}");
+    Ok(())
+}
+
+/// The facts people look for first: architecture, depth, NextN layers, experts.
+fn write_summary(out: &mut String, meta: &BTreeMap<String, Value>) -> std::fmt::Result {
+    let Some(arch) = meta.get("general.architecture").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let get = |key: &str| meta.get(&format!("{arch}.{key}")).and_then(Value::as_u64);
+    writeln!(out, "\nsummary:")?;
+    writeln!(out, "  architecture       {arch}")?;
+    let blocks = get("block_count").unwrap_or(0);
+    let nextn = get("nextn_predict_layers").unwrap_or(0);
+    writeln!(out, "  layers             {}", blocks.saturating_sub(nextn))?;
+    let mtp = if nextn > 0 {
+        format!("{nextn} (kept; used for speculative decoding)")
+    } else {
+        "none".to_owned()
+    };
+    writeln!(out, "  NextN/MTP layers   {mtp}")?;
+    if let Some(experts) = get("expert_count") {
+        let used = get("expert_used_count").unwrap_or(0);
+        let shared = get("expert_shared_count").unwrap_or(0);
+        writeln!(
+            out,
+            "  experts            {experts} routed, {used} used per token, {shared} shared"
+        )?;
+        let gating = match get("expert_gating_func") {
+            Some(1) => "softmax",
+            Some(2) => "sigmoid",
+            Some(_) => "unknown",
+            None => "not set (llama.cpp guesses)",
+        };
+        writeln!(out, "  gating             {gating}")?;
+        writeln!(
+            out,
+            "  leading dense      {}",
+            get("leading_dense_block_count").unwrap_or(0)
+        )?;
+    }
     Ok(())
 }
 
