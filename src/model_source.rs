@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use glm_convert::{ConvertOptions, OutType};
+use glm_convert::{ConvertOptions, Preset};
 
 use crate::progress::ConvertProgress;
 
@@ -45,7 +45,9 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
     if !file.is_file() {
         eprintln!("converting {} to {} (once)", dir.display(), file.display());
         let options = ConvertOptions {
-            out_type: OutType::BF16,
+            preset: Preset::load("bf16")?,
+            quantizer: None,
+            importance: None,
             name: None,
             plan: Default::default(),
         };

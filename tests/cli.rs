@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use common::*;
-use glm_convert::OutType;
+
 use serde_json::Value;
 
 fn glm() -> Command {
@@ -163,7 +163,7 @@ fn tokenize_prints_hf_ids() {
         .iter()
         .find(|c| c["text"].as_str().is_some_and(|t| t.len() > 10))
         .expect("a case");
-    let model = converted("glm-tiny", OutType::F16);
+    let model = converted("glm-tiny", "f16");
     let out = glm()
         .arg("tokenize")
         .arg(&model)
@@ -177,7 +177,7 @@ fn tokenize_prints_hf_ids() {
 
 #[test]
 fn logits_writes_last_and_all_positions() {
-    let model = converted("glm4-tiny", OutType::F32);
+    let model = converted("glm4-tiny", "f32");
     let reference = reference("glm4-tiny");
     let case = &reference["logits"][0];
     let tokens: Vec<String> = ids(&case["tokens"]).iter().map(i32::to_string).collect();
@@ -208,7 +208,7 @@ fn logits_writes_last_and_all_positions() {
 
 #[test]
 fn logits_with_prompt_applies_the_chat_template() {
-    let model = converted("glm-tiny", OutType::F32);
+    let model = converted("glm-tiny", "f32");
     let dir = tempfile::tempdir().expect("temp dir");
     let out_file = dir.path().join("l.json");
     glm()
@@ -236,7 +236,7 @@ fn logits_with_prompt_applies_the_chat_template() {
 
 #[test]
 fn logits_rejects_out_of_range_tokens() {
-    let model = converted("glm-tiny", OutType::F32);
+    let model = converted("glm-tiny", "f32");
     let dir = tempfile::tempdir().expect("temp dir");
     let out_file = dir.path().join("x.json");
     let out = glm()
@@ -253,7 +253,7 @@ fn logits_rejects_out_of_range_tokens() {
 
 #[test]
 fn run_streams_text_and_reports_speed() {
-    let model = converted("glm-tiny", OutType::Q8_0);
+    let model = converted("glm-tiny", "q8_0");
     let out = glm()
         .arg("run")
         .arg(&model)
@@ -273,7 +273,7 @@ fn run_streams_text_and_reports_speed() {
 /// `</think>` is reasoning: it goes to stderr, and `--hide-reasoning` drops it.
 #[test]
 fn run_separates_reasoning_when_the_template_opens_think() {
-    let model = converted("glm4-tiny", OutType::Q8_0);
+    let model = converted("glm4-tiny", "q8_0");
     let run = |extra: &[&str]| {
         glm()
             .arg("run")
@@ -301,7 +301,7 @@ fn run_separates_reasoning_when_the_template_opens_think() {
 
 #[test]
 fn run_reads_prompt_from_stdin_and_is_deterministic_when_greedy() {
-    let model = converted("glm-tiny", OutType::F16);
+    let model = converted("glm-tiny", "f16");
     let run = |input: &str| {
         glm()
             .arg("run")
@@ -353,4 +353,103 @@ fn run_and_inspect_reject_non_gguf_files() {
         .expect("run");
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("/nonexistent/model.gguf"));
+}
+
+#[test]
+fn q4_k_m_conversion_of_a_sharded_checkpoint_runs_and_shows_mixed_types() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("q4km.gguf");
+    glm()
+        .arg("convert")
+        .arg(model_dir("glm4-tiny"))
+        .args(["--quant", "q4_k_m", "-o"])
+        .arg(&file)
+        .assert()
+        .success();
+    let inspect = glm().arg("inspect").arg(&file).output().expect("inspect");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    // 128-wide rows take llama.cpp's fallbacks: Q4_K -> Q5_0, Q6_K -> Q8_0; norms stay F32.
+    for ty in ["Q5_0", "Q8_0", "F32"] {
+        assert!(text.contains(&format!(" {ty} ")), "inspect lacks {ty}:\n{text}");
+    }
+    assert!(
+        text.contains("general.file_type                            15"),
+        "{text}"
+    );
+    let run = glm()
+        .arg("run")
+        .arg(&file)
+        .args(["-p", "Hello", "--raw", "--temp", "0", "-n", "8"])
+        .output()
+        .expect("run");
+    assert!(run.status.success(), "{}", stderr_of(&run));
+    assert!(!run.stdout.is_empty());
+}
+
+#[test]
+fn presets_lists_every_built_in_preset() {
+    let out = glm().arg("presets").output().expect("presets");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q4_0",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing:\n{text}");
+    }
+}
+
+#[test]
+fn malformed_user_preset_is_rejected_with_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let preset = dir.path().join("mine.yaml");
+    std::fs::write(
+        &preset,
+        "description: mine\nfile_type: 15\ndefault: q4_k\nrules:\n  - contains: [ffn_down]\n    type: q4_x\n",
+    )
+    .expect("write");
+    let out = glm()
+        .arg("convert")
+        .arg(model_dir("glm-tiny"))
+        .arg("--quant")
+        .arg(&preset)
+        .arg("-o")
+        .arg(dir.path().join("x.gguf"))
+        .output()
+        .expect("run");
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("mine.yaml") && stderr.contains("line 6") && stderr.contains("q4_x"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("x.gguf").exists());
+}
+
+#[test]
+fn quantize_requantizes_and_refuses_quantized_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f16 = converted("glm-tiny", "f16");
+    let out_file = dir.path().join("q8.gguf");
+    glm()
+        .arg("quantize")
+        .arg(&f16)
+        .arg(&out_file)
+        .args(["--quant", "q8_0"])
+        .assert()
+        .success();
+    let inspect = glm().arg("inspect").arg(&out_file).output().expect("inspect");
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains(" Q8_0 "));
+    let again = glm()
+        .arg("quantize")
+        .arg(&out_file)
+        .arg(dir.path().join("x.gguf"))
+        .args(["--quant", "q4_0"])
+        .output()
+        .expect("run");
+    assert!(!again.status.success());
+    assert!(
+        stderr_of(&again).contains("re-quantize from an F32, F16 or BF16 file"),
+        "{}",
+        stderr_of(&again)
+    );
 }

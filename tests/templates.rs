@@ -24,9 +24,8 @@ fn special_token_variables(model: &str) -> serde_json::Map<String, Value> {
     vars
 }
 
-#[test]
-fn renders_match_transformers_byte_for_byte() {
-    let cases = read_json(&fixtures().join("templates.json"));
+fn check_renders(file: &str) {
+    let cases = read_json(&fixtures().join(file));
     let cases = cases.as_array().expect("template cases");
     assert!(!cases.is_empty());
     for (index, case) in cases.iter().enumerate() {
@@ -54,7 +53,13 @@ fn renders_match_transformers_byte_for_byte() {
         assert_eq!(
             rendered,
             case["rendered"].as_str().expect("rendered"),
-            "case {index} ({model})"
+            "{file} case {index} ({model}, {})",
+            case["name"]
         );
     }
+}
+
+#[test]
+fn dense_templates_render_like_transformers() {
+    check_renders("templates.json");
 }

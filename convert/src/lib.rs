@@ -13,23 +13,29 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod imatrix;
+pub mod preset;
 pub mod tensor_type;
 pub mod tokenizer;
 
+mod requantize;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
 pub use arch::PlanOptions;
 pub use error::{ConvertError, Result};
-pub use tensor_type::{GgmlType, OutType};
+pub use imatrix::ImportanceMatrix;
+pub use preset::Preset;
+pub use requantize::requantize;
+pub use tensor_type::{GgmlType, Quantizer};
 pub use writer::{convert, ConvertOptions, ConvertSummary, Progress};
 
-/// The conventional file name for a conversion: `<folder name>-<TYPE>.gguf`, e.g.
-/// `GLM-4-9B-0414-Q8_0.gguf`.
-pub fn default_output_name(input: &Path, out_type: OutType) -> PathBuf {
+/// The conventional file name for a conversion: `<folder name>-<PRESET>.gguf`, e.g.
+/// `GLM-4-9B-0414-Q4_K_M.gguf`.
+pub fn default_output_name(input: &Path, preset: &Preset) -> PathBuf {
     let base = model_base_name(input);
-    PathBuf::from(format!("{base}-{}.gguf", out_type.name()))
+    PathBuf::from(format!("{base}-{}.gguf", preset.label()))
 }
 
 /// The checkpoint folder's own name (after resolving `.` and trailing slashes).
@@ -73,7 +79,8 @@ mod tests {
 
     #[test]
     fn default_name_uses_folder_and_type() {
-        let name = default_output_name(Path::new("/x/GLM-4-9B-0414/"), OutType::Q8_0);
-        assert_eq!(name, PathBuf::from("GLM-4-9B-0414-Q8_0.gguf"));
+        let preset = Preset::load("q4_k_m").unwrap();
+        let name = default_output_name(Path::new("/x/GLM-4-9B-0414/"), &preset);
+        assert_eq!(name, PathBuf::from("GLM-4-9B-0414-Q4_K_M.gguf"));
     }
 }

@@ -12,16 +12,24 @@ use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::config::HfConfig;
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{self, Metadata, TensorHeader};
-use crate::tensor_type::{GgmlType, OutType};
+use crate::imatrix::ImportanceMatrix;
+use crate::preset::{Preset, TypePlanner};
+use crate::tensor_type::{GgmlType, Quantizer};
 use crate::tokenizer::Vocabulary;
 
 /// Elements converted per step; bounds memory to a few of these buffers whatever the
 /// tensor size (a 151552×6144 embedding is 3.7 GB in f32).
 const CHUNK_ELEMENTS: usize = 1 << 22;
 
-#[derive(Debug, Clone)]
-pub struct ConvertOptions {
-    pub out_type: OutType,
+#[derive(Clone)]
+pub struct ConvertOptions<'a> {
+    /// Which type each tensor gets.
+    pub preset: Preset,
+    /// Encoder for quantized types (ggml's kernels, from the runtime side); only float
+    /// presets work without one.
+    pub quantizer: Option<&'a dyn Quantizer>,
+    /// Importance weights for the quantized types that use them (`--imatrix`).
+    pub importance: Option<&'a ImportanceMatrix>,
     /// `general.name`; defaults to the checkpoint folder name.
     pub name: Option<String>,
     pub plan: PlanOptions,
@@ -48,10 +56,10 @@ pub struct ConvertSummary {
 /// Converts the checkpoint folder `input` into the GGUF file `output`. The file appears
 /// only when complete: data goes to a temporary file beside it that is renamed at the end
 /// (and removed on any error).
-pub fn convert(
+pub fn convert<'a>(
     input: &Path,
     output: &Path,
-    options: &ConvertOptions,
+    options: &ConvertOptions<'a>,
     progress: &dyn Progress,
 ) -> Result<ConvertSummary> {
     let config = HfConfig::load(input)?;
@@ -64,7 +72,7 @@ pub fn convert(
     let checkpoint = Checkpoint::open(input)?;
     let planned = arch.plan(&config, &checkpoint, &options.plan)?;
     let layers = arch::layer_counts(&config, &planned)?;
-    let headers = plan_headers(&planned, &checkpoint, options.out_type)?;
+    let headers = plan_headers(&planned, &checkpoint, &options.preset, options.importance.is_some())?;
     let parameters = headers.iter().map(|h| h.ne.iter().product::<u64>()).sum();
 
     let mut meta = Metadata::default();
@@ -73,23 +81,6 @@ pub fn convert(
     let vocab_size = embedding_rows(&checkpoint, &config)?;
     let vocab = Vocabulary::load(input, vocab_size)?;
     vocab.write_metadata(&mut meta, input, &config, &arch.special_tokens())?;
-
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".glm-convert-")
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|e| ConvertError::io(&dir, e))?;
-    let mut out = BufWriter::with_capacity(
-        1 << 20,
-        temp.as_file()
-            .try_clone()
-            .map_err(|e| ConvertError::io(temp.path(), e))?,
-    );
-    let io_err = |e| ConvertError::io(output, e);
 
     let total: u64 = planned
         .iter()
@@ -101,17 +92,20 @@ pub fn convert(
         })
         .sum();
     progress.begin(total);
-    let mut written = gguf::write_header(&mut out, &meta, &headers).map_err(io_err)?;
-    for (plan, header) in planned.iter().zip(&headers) {
-        written += write_tensor(&mut out, &checkpoint, plan, header, progress).map_err(|e| match e {
-            WriteError::Io(e) => io_err(e),
-            WriteError::Convert(e) => e,
-        })?;
-    }
-    out.flush().map_err(io_err)?;
-    drop(out);
-    temp.as_file().sync_all().map_err(io_err)?;
-    temp.persist(output).map_err(|e| ConvertError::io(output, e.error))?;
+    let written = write_atomically(output, |out| {
+        let mut written = gguf::write_header(out, &meta, &headers)?;
+        for (plan, header) in planned.iter().zip(&headers) {
+            let encoder = Encoder {
+                name: &plan.name,
+                ty: header.ggml_type,
+                row_len: header.ne[0] as usize,
+                quantizer: options.quantizer,
+                importance: options.importance.and_then(|m| m.get(&plan.name)),
+            };
+            written += write_tensor(out, &checkpoint, plan, header, &encoder, progress)?;
+        }
+        Ok(written)
+    })?;
     progress.finish();
     Ok(ConvertSummary {
         output: output.to_path_buf(),
@@ -137,23 +131,18 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
     Ok(rows)
 }
 
-/// Which ggml type a tensor is stored as: vectors, norms and biases stay F32 (llama.cpp
-/// reads them as F32); quantized types fall back to F16 when rows are not whole blocks.
-pub fn storage_type(name: &str, ne: &[u64], out_type: OutType) -> GgmlType {
-    let is_matrix_weight = ne.len() >= 2 && name.ends_with(".weight") && !name.ends_with("_norm.weight");
-    if !is_matrix_weight {
-        return GgmlType::F32;
-    }
-    let wanted = out_type.ggml_type();
-    if !ne[0].is_multiple_of(wanted.block_elems()) {
-        GgmlType::F16
-    } else {
-        wanted
-    }
-}
-
-fn plan_headers(planned: &[PlannedTensor], checkpoint: &Checkpoint, out_type: OutType) -> Result<Vec<TensorHeader>> {
+fn plan_headers(
+    planned: &[PlannedTensor],
+    checkpoint: &Checkpoint,
+    preset: &Preset,
+    has_importance: bool,
+) -> Result<Vec<TensorHeader>> {
     let mut seen = std::collections::HashSet::new();
+    let mut types = TypePlanner::new(
+        preset,
+        planned.iter().map(|p| (p.name.as_str(), p.ne.as_slice())),
+        has_importance,
+    );
     planned
         .iter()
         .map(|p| {
@@ -192,13 +181,45 @@ fn plan_headers(planned: &[PlannedTensor], checkpoint: &Checkpoint, out_type: Ou
             Ok(TensorHeader {
                 name: p.name.clone(),
                 ne: p.ne.clone(),
-                ggml_type: storage_type(&p.name, &p.ne, out_type),
+                ggml_type: types.choose(&p.name, &p.ne),
             })
         })
         .collect()
 }
 
-enum WriteError {
+/// Runs `body` against a temporary file beside `output` and renames it into place only
+/// when `body` succeeds; on any error the temporary file is removed.
+pub(crate) fn write_atomically(
+    output: &Path,
+    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<u64, WriteError>,
+) -> Result<u64> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".glm-convert-")
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|e| ConvertError::io(&dir, e))?;
+    let file = temp
+        .as_file()
+        .try_clone()
+        .map_err(|e| ConvertError::io(temp.path(), e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let io_err = |e| ConvertError::io(output, e);
+    let written = body(&mut out).map_err(|e| match e {
+        WriteError::Io(e) => io_err(e),
+        WriteError::Convert(e) => e,
+    })?;
+    out.flush().map_err(io_err)?;
+    drop(out);
+    temp.as_file().sync_all().map_err(io_err)?;
+    temp.persist(output).map_err(|e| ConvertError::io(output, e.error))?;
+    Ok(written)
+}
+
+pub(crate) enum WriteError {
     Io(std::io::Error),
     Convert(ConvertError),
 }
@@ -236,6 +257,40 @@ fn written_shape(slice: &SourceSlice, entry: &TensorEntry, rows: &Range<usize>) 
     }
 }
 
+/// How one output tensor's rows are encoded.
+pub(crate) struct Encoder<'a> {
+    pub name: &'a str,
+    pub ty: GgmlType,
+    pub row_len: usize,
+    pub quantizer: Option<&'a dyn Quantizer>,
+    /// Per-column importance; for stacked experts one row of weights per expert.
+    pub importance: Option<&'a [f32]>,
+}
+
+impl Encoder<'_> {
+    /// The importance weights of the `source`-th slice (its expert, for stacked tensors).
+    fn importance_for(&self, source: usize) -> Option<&[f32]> {
+        let all = self.importance?;
+        let slabs = all.len() / self.row_len.max(1);
+        let slab = if slabs > 1 { source % slabs } else { 0 };
+        all.get(slab * self.row_len..(slab + 1) * self.row_len)
+    }
+
+    pub fn encode(&self, values: &[f32], source: usize) -> Result<Vec<u8>, WriteError> {
+        let mut encoded = Vec::with_capacity(self.ty.row_bytes(values.len()));
+        self.ty
+            .encode(
+                values,
+                self.row_len,
+                self.quantizer,
+                self.importance_for(source),
+                &mut encoded,
+            )
+            .map_err(|message| WriteError::Convert(ConvertError::tensor(self.name, message)))?;
+        Ok(encoded)
+    }
+}
+
 /// Streams one tensor: row chunks are decoded to f32 and encoded in parallel, then written
 /// in order; consumed source pages are released right away.
 fn write_tensor<W: Write>(
@@ -243,15 +298,15 @@ fn write_tensor<W: Write>(
     checkpoint: &Checkpoint,
     plan: &PlannedTensor,
     header: &TensorHeader,
+    encoder: &Encoder,
     progress: &dyn Progress,
 ) -> Result<u64, WriteError> {
-    let ty = header.ggml_type;
     let mut written = 0u64;
-    for slice in &plan.sources {
+    for (index, slice) in plan.sources.iter().enumerate() {
         let entry = source_entry(checkpoint, slice).map_err(WriteError::Convert)?;
         let rows = slice_rows(slice, entry).map_err(WriteError::Convert)?;
         if slice.transpose {
-            written += write_transposed(out, checkpoint, entry, rows.clone(), ty)?;
+            written += write_transposed(out, checkpoint, entry, rows.clone(), encoder, index)?;
             progress.advance((rows.len() * entry.row_len() * entry.dtype.size()) as u64);
             continue;
         }
@@ -260,7 +315,7 @@ fn write_tensor<W: Write>(
         while row < rows.end {
             let end = (row + rows_per_chunk).min(rows.end);
             let bytes = checkpoint.row_bytes(entry, row..end);
-            written += encode_chunk(out, bytes, entry, ty)?;
+            written += encode_chunk(out, bytes, entry, encoder, index)?;
             checkpoint.release_rows(entry, row..end);
             progress.advance(bytes.len() as u64);
             row = end;
@@ -283,8 +338,9 @@ fn write_transposed<W: Write>(
     checkpoint: &Checkpoint,
     entry: &TensorEntry,
     rows: Range<usize>,
-    ty: GgmlType,
-) -> std::io::Result<u64> {
+    encoder: &Encoder,
+    source: usize,
+) -> Result<u64, WriteError> {
     let (n_rows, row_len) = (rows.len(), entry.row_len());
     let bytes = checkpoint.row_bytes(entry, rows);
     let mut values = vec![0f32; n_rows * row_len];
@@ -293,13 +349,18 @@ fn write_transposed<W: Write>(
         .flat_map(|c| (0..n_rows).map(move |r| (r, c)))
         .map(|(r, c)| values[r * row_len + c])
         .collect();
-    let mut encoded = Vec::with_capacity(ty.row_bytes(transposed.len()));
-    ty.encode(&transposed, &mut encoded);
+    let encoded = encoder.encode(&transposed, source)?;
     out.write_all(&encoded)?;
     Ok(encoded.len() as u64)
 }
 
-fn encode_chunk<W: Write>(out: &mut W, bytes: &[u8], entry: &TensorEntry, ty: GgmlType) -> std::io::Result<u64> {
+fn encode_chunk<W: Write>(
+    out: &mut W,
+    bytes: &[u8],
+    entry: &TensorEntry,
+    encoder: &Encoder,
+    source: usize,
+) -> Result<u64, WriteError> {
     let src_row_bytes = entry.row_len() * entry.dtype.size();
     // Whole source rows per task keep quantization blocks intact.
     let rows_per_task = (bytes.len() / src_row_bytes / rayon::current_num_threads().max(1)).max(1);
@@ -308,11 +369,9 @@ fn encode_chunk<W: Write>(out: &mut W, bytes: &[u8], entry: &TensorEntry, ty: Gg
         .map(|part| {
             let mut values = vec![0f32; part.len() / entry.dtype.size()];
             entry.dtype.decode_into(part, &mut values);
-            let mut encoded = Vec::with_capacity(ty.row_bytes(values.len()));
-            ty.encode(&values, &mut encoded);
-            encoded
+            encoder.encode(&values, source)
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut n = 0;
     for part in parts {
         out.write_all(&part)?;
@@ -334,7 +393,7 @@ fn write_general(
     meta.set("general.name", options.name.clone().unwrap_or_else(|| base.clone()));
     meta.set("general.basename", base);
     meta.set("general.size_label", crate::size_label(parameters));
-    meta.set("general.file_type", options.out_type.file_type());
+    meta.set("general.file_type", options.preset.file_type);
     meta.set("general.quantization_version", 2u32);
     let generation = input.join("generation_config.json");
     if generation.is_file() {

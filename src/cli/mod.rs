@@ -31,6 +31,24 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Write the model's logits for a prompt as JSON.
     Logits(LogitsArgs),
+    /// List the built-in quantization presets.
+    Presets,
+    /// Re-quantize an F32/F16/BF16 GGUF with a preset.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// An F32, F16 or BF16 GGUF file.
+    pub input: PathBuf,
+    /// The file to write.
+    pub output: PathBuf,
+    /// Quantization preset or preset YAML file.
+    #[arg(long, visible_alias = "type", value_name = "PRESET")]
+    pub quant: String,
+    /// Importance matrix (llama-imatrix's GGUF or legacy .dat) for the quantized types.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -40,15 +58,18 @@ pub struct ConvertArgs {
     /// Output file [default: <folder name>-<TYPE>.gguf in the current directory].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Tensor type of the weight matrices: f32, f16, bf16 or q8_0.
-    #[arg(long = "type", default_value = "bf16", value_name = "TYPE")]
-    pub out_type: String,
+    /// Quantization preset (`glm presets` lists them) or a preset YAML file.
+    #[arg(long, visible_alias = "type", default_value = "bf16", value_name = "PRESET")]
+    pub quant: String,
     /// `general.name` written into the file [default: the folder name].
     #[arg(long)]
     pub name: Option<String>,
     /// Leave out the multi-token-prediction (NextN) layers of GLM-4.5+ checkpoints.
     #[arg(long = "no-mtp")]
     pub no_mtp: bool,
+    /// Importance matrix (llama-imatrix's GGUF or legacy .dat) for the quantized types.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
 }
 
 /// Where the model comes from and how it is loaded.
@@ -184,5 +205,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Tokenize(args) => commands::tokenize::run(&args),
         Command::Logits(args) => commands::logits::run(&args),
+        Command::Presets => commands::presets::run(),
+        Command::Quantize(args) => commands::quantize::run(&args),
     }
 }

@@ -1,27 +1,24 @@
 use anyhow::{anyhow, Result};
-use glm_convert::{ConvertOptions, OutType, PlanOptions};
+use glm_convert::{ConvertOptions, ImportanceMatrix, PlanOptions, Preset};
 
 use crate::cli::ConvertArgs;
+use crate::engine::quantize::GgmlQuantizer;
 use crate::progress::ConvertProgress;
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
-    let out_type = OutType::parse(&args.out_type).ok_or_else(|| {
-        let names: Vec<_> = OutType::ALL.iter().map(|t| t.name().to_lowercase()).collect();
-        anyhow!(
-            "--type {}: unknown type (choose one of {})",
-            args.out_type,
-            names.join(", ")
-        )
-    })?;
+    let preset = Preset::load(&args.quant)?;
     if !args.input.is_dir() {
         return Err(anyhow!("{}: not a checkpoint folder", args.input.display()));
     }
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| glm_convert::default_output_name(&args.input, out_type));
+        .unwrap_or_else(|| glm_convert::default_output_name(&args.input, &preset));
+    let importance = args.imatrix.as_deref().map(ImportanceMatrix::load).transpose()?;
     let options = ConvertOptions {
-        out_type,
+        preset,
+        quantizer: Some(&GgmlQuantizer),
+        importance: importance.as_ref(),
         name: args.name.clone(),
         plan: PlanOptions { keep_mtp: !args.no_mtp },
     };

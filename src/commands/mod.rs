@@ -3,6 +3,8 @@
 pub mod convert;
 pub mod inspect;
 pub mod logits;
+pub mod presets;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;
 

@@ -6,10 +6,26 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use glm_convert::{ConvertOptions, OutType};
+use glm::engine::quantize::GgmlQuantizer;
+use glm_convert::{ConvertOptions, Preset};
 use serde_json::Value;
 
-pub const MODELS: [&str; 2] = ["glm-tiny", "glm4-tiny"];
+/// The presets every fixture is converted to in the layout tests.
+pub const BASIC_PRESETS: [&str; 4] = ["f32", "f16", "bf16", "q8_0"];
+
+/// Dense fixtures (GlmForCausalLM, Glm4ForCausalLM) share one tokenizer.
+pub const DENSE_MODELS: [&str; 2] = ["glm-tiny", "glm4-tiny"];
+/// Mixture-of-experts fixtures (GLM-4.5-like, GLM-4.5-Air-like, GLM-4.7-Flash-like).
+pub const MOE_MODELS: [&str; 3] = ["glm4moe-tiny", "glm4moe-air-tiny", "glm47flash-tiny"];
+
+/// Tokenization references of the tokenizer a fixture uses.
+pub fn tokenization_file(model: &str) -> PathBuf {
+    if MOE_MODELS.contains(&model) {
+        fixtures().join("tokenization_moe.json")
+    } else {
+        fixtures().join("tokenization.json")
+    }
+}
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -34,22 +50,29 @@ fn work_dir() -> &'static tempfile::TempDir {
 }
 
 /// Converts a fixture once per test process and returns the GGUF path.
-pub fn converted(model: &str, out_type: OutType) -> PathBuf {
-    static DONE: OnceLock<Mutex<HashMap<(String, &'static str), PathBuf>>> = OnceLock::new();
+pub fn converted(model: &str, preset: &str) -> PathBuf {
+    converted_with(model, preset, true)
+}
+
+/// As [`converted`], choosing whether NextN (MTP) layers are kept.
+pub fn converted_with(model: &str, preset: &str, keep_mtp: bool) -> PathBuf {
+    static DONE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let done = DONE.get_or_init(Default::default);
     let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (model.to_owned(), out_type.name());
+    let key = format!("{model}-{keep_mtp}-{preset}");
     if let Some(path) = done.get(&key) {
         return path.clone();
     }
-    let output = work_dir().path().join(format!("{model}-{}.gguf", out_type.name()));
+    let output = work_dir().path().join(format!("{model}-{keep_mtp}-{}.gguf", preset));
     let options = ConvertOptions {
-        out_type,
+        preset: Preset::load(preset).expect("built-in preset"),
+        quantizer: Some(&GgmlQuantizer),
+        importance: None,
         name: None,
-        plan: Default::default(),
+        plan: glm_convert::PlanOptions { keep_mtp },
     };
     glm_convert::convert(&model_dir(model), &output, &options, &())
-        .unwrap_or_else(|e| panic!("converting {model} to {}: {e}", out_type.name()));
+        .unwrap_or_else(|e| panic!("converting {model} to {}: {e}", preset));
     done.insert(key, output.clone());
     output
 }

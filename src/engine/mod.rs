@@ -1,5 +1,7 @@
 //! The engine around llama.cpp: the only module that touches llama-cpp-2.
 
+pub mod quantize;
+
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;

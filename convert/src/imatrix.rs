@@ -1,0 +1,166 @@
+//! Importance matrices (`--imatrix`) in llama.cpp's two formats: the GGUF one written by
+//! current `llama-imatrix` (per tensor `<name>.in_sum2` sums and `<name>.counts`) and the
+//! legacy `.dat` one (per tensor name, call count and already-summed values).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{ConvertError, Result};
+use crate::gguf::read_header;
+use crate::tensor_type::GgmlType;
+
+/// Per-column importance weights of each tensor, by GGUF tensor name; a stacked expert
+/// tensor has one row of weights per expert, back to back.
+#[derive(Debug, Default, Clone)]
+pub struct ImportanceMatrix {
+    entries: HashMap<String, Vec<f32>>,
+}
+
+impl ImportanceMatrix {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+        let invalid = |message: String| ConvertError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let matrix = if bytes.starts_with(b"GGUF") {
+            Self::from_gguf(&bytes).map_err(invalid)?
+        } else {
+            Self::from_legacy(&bytes)
+                .map_err(|e| invalid(format!("not a GGUF or legacy .dat importance matrix: {e}")))?
+        };
+        if matrix.entries.is_empty() {
+            return Err(invalid("the importance matrix has no entries".into()));
+        }
+        Ok(matrix)
+    }
+
+    pub fn get(&self, tensor: &str) -> Option<&[f32]> {
+        self.entries.get(tensor).map(Vec::as_slice)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// importance = sum of squared activations / number of times the expert (or the
+    /// tensor) was used, which is how llama-quantize turns the file into weights.
+    fn from_gguf(bytes: &[u8]) -> Result<Self, String> {
+        let header = read_header(&mut std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+        let data = |name: &str| -> Result<Option<Vec<f32>>, String> {
+            let Some((t, offset)) = header.tensors.iter().find(|(t, _)| t.name == name) else {
+                return Ok(None);
+            };
+            if t.ggml_type != GgmlType::F32 {
+                return Err(format!("{name} must be F32"));
+            }
+            let start = *offset as usize;
+            let raw = bytes
+                .get(start..start + t.n_bytes() as usize)
+                .ok_or_else(|| format!("{name} lies past the end of the file"))?;
+            Ok(Some(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ))
+        };
+        let mut entries = HashMap::new();
+        for (t, _) in &header.tensors {
+            let Some(name) = t.name.strip_suffix(".in_sum2") else {
+                continue;
+            };
+            let sums = data(&t.name)?.unwrap_or_default();
+            let counts = data(&format!("{name}.counts"))?.ok_or_else(|| format!("{name} has sums but no counts"))?;
+            if counts.is_empty() || sums.len() % counts.len() != 0 {
+                return Err(format!(
+                    "{name}: {} sums do not split over {} counts",
+                    sums.len(),
+                    counts.len()
+                ));
+            }
+            let per_count = sums.len() / counts.len();
+            let weights = sums
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    // llama.cpp stores counts as floats but uses them rounded.
+                    let count = counts[j / per_count].round();
+                    if count > 0.0 {
+                        s / count
+                    } else {
+                        // Never-routed expert: no evidence, so weigh every column alike.
+                        1.0
+                    }
+                })
+                .collect();
+            entries.insert(name.to_owned(), weights);
+        }
+        Ok(Self { entries })
+    }
+
+    fn from_legacy(bytes: &[u8]) -> Result<Self, String> {
+        let mut r = bytes;
+        let read_i32 = |r: &mut &[u8]| -> Result<i32, String> {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).map_err(|_| "file ends early".to_owned())?;
+            Ok(i32::from_le_bytes(b))
+        };
+        let n_entries = read_i32(&mut r)?;
+        if n_entries < 1 {
+            return Err(format!("{n_entries} entries"));
+        }
+        let mut entries = HashMap::new();
+        for _ in 0..n_entries {
+            let len = usize::try_from(read_i32(&mut r)?).map_err(|_| "negative name length".to_owned())?;
+            let name = r.get(..len).ok_or("file ends inside a name")?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| "name is not UTF-8".to_owned())?;
+            r = &r[len..];
+            let calls = read_i32(&mut r)?;
+            let n = usize::try_from(read_i32(&mut r)?).map_err(|_| "negative value count".to_owned())?;
+            let raw = r.get(..n * 4).ok_or("file ends inside values")?;
+            r = &r[n * 4..];
+            let divisor = if calls > 0 { calls as f32 } else { 1.0 };
+            let values = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) / divisor)
+                .collect();
+            entries.insert(name, values);
+        }
+        Ok(Self { entries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_values_are_divided_by_calls() {
+        let mut file = Vec::new();
+        file.extend(1i32.to_le_bytes());
+        let name = b"blk.0.ffn_down.weight";
+        file.extend((name.len() as i32).to_le_bytes());
+        file.extend(name);
+        file.extend(4i32.to_le_bytes());
+        file.extend(2i32.to_le_bytes());
+        file.extend(8.0f32.to_le_bytes());
+        file.extend(2.0f32.to_le_bytes());
+        let m = ImportanceMatrix::from_legacy(&file).unwrap();
+        assert_eq!(m.get("blk.0.ffn_down.weight"), Some(&[2.0f32, 0.5][..]));
+    }
+
+    #[test]
+    fn truncated_legacy_file_is_an_error() {
+        let file = 3i32.to_le_bytes();
+        assert!(ImportanceMatrix::from_legacy(&file).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! `glm quantize`: re-encode an F32/F16/BF16 GGUF with a preset, streaming tensor by
+//! tensor from a memory map (the same engine and type choices as a one-pass conversion).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::checkpoint::SourceDtype;
+use crate::error::{ConvertError, Result};
+use crate::gguf::{self, MetaValue, TensorHeader};
+use crate::preset::TypePlanner;
+use crate::tensor_type::GgmlType;
+use crate::writer::{write_atomically, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError};
+
+/// Rows re-encoded per step (bounded memory whatever the tensor size).
+const CHUNK_ELEMENTS: usize = 1 << 22;
+
+pub fn requantize(
+    input: &Path,
+    output: &Path,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<ConvertSummary> {
+    let file = File::open(input).map_err(|e| ConvertError::io(input, e))?;
+    // SAFETY: read-only private map; all reads go through bounds-checked slices.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| ConvertError::io(input, e))?;
+    let header = gguf::read_header(&mut std::io::Cursor::new(&map[..])).map_err(|e| ConvertError::io(input, e))?;
+    let invalid = |message: String| ConvertError::Config {
+        path: input.to_path_buf(),
+        message,
+    };
+    for (t, offset) in &header.tensors {
+        if source_dtype(t.ggml_type).is_none() {
+            return Err(invalid(format!(
+                "tensor {} is {}; re-quantize from an F32, F16 or BF16 file",
+                t.name,
+                t.ggml_type.name()
+            )));
+        }
+        if offset + t.n_bytes() > map.len() as u64 {
+            return Err(invalid(format!(
+                "truncated: tensor {} ends past the end of the file",
+                t.name
+            )));
+        }
+    }
+    let mut types = TypePlanner::new(
+        &options.preset,
+        header.tensors.iter().map(|(t, _)| (t.name.as_str(), t.ne.as_slice())),
+        options.importance.is_some(),
+    );
+    let outputs: Vec<TensorHeader> = header
+        .tensors
+        .iter()
+        .map(|(t, _)| TensorHeader {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            ggml_type: types.choose(&t.name, &t.ne),
+        })
+        .collect();
+    let mut meta = header.meta.clone();
+    meta.set("general.file_type", options.preset.file_type);
+    meta.set("general.quantization_version", MetaValue::U32(2));
+    let architecture = match meta.get("general.architecture") {
+        Some(MetaValue::Str(a)) => a.clone(),
+        _ => String::new(),
+    };
+
+    progress.begin(header.tensors.iter().map(|(t, _)| t.n_bytes()).sum());
+    let written = write_atomically(output, |out| {
+        let mut written = gguf::write_header(out, &meta, &outputs)?;
+        for ((source, offset), target) in header.tensors.iter().zip(&outputs) {
+            let encoder = Encoder {
+                name: &target.name,
+                ty: target.ggml_type,
+                row_len: target.ne[0] as usize,
+                quantizer: options.quantizer,
+                importance: options.importance.and_then(|m| m.get(&target.name)),
+            };
+            let bytes = &map[*offset as usize..(*offset + source.n_bytes()) as usize];
+            written += reencode(out, bytes, source, &encoder)?;
+            progress.advance(bytes.len() as u64);
+        }
+        Ok(written)
+    })?;
+    progress.finish();
+    Ok(ConvertSummary {
+        output: output.to_path_buf(),
+        architecture,
+        tensors: outputs.len(),
+        parameters: outputs.iter().map(|t| t.ne.iter().product::<u64>()).sum(),
+        bytes: written,
+    })
+}
+
+fn source_dtype(ty: GgmlType) -> Option<SourceDtype> {
+    match ty {
+        GgmlType::F32 => Some(SourceDtype::F32),
+        GgmlType::F16 => Some(SourceDtype::F16),
+        GgmlType::BF16 => Some(SourceDtype::BF16),
+        _ => None,
+    }
+}
+
+/// Re-encodes one tensor in row chunks that never straddle two experts, so each chunk can
+/// use its expert's importance weights.
+fn reencode<W: Write>(out: &mut W, bytes: &[u8], source: &TensorHeader, encoder: &Encoder) -> Result<u64, WriteError> {
+    let dtype = source_dtype(source.ggml_type).ok_or_else(|| {
+        WriteError::Convert(ConvertError::tensor(
+            &source.name,
+            "only F32, F16 and BF16 can be re-quantized",
+        ))
+    })?;
+    let row_len = source.ne[0] as usize;
+    let rows_per_slab = source.ne.get(1).copied().unwrap_or(1) as usize;
+    let row_bytes = row_len * dtype.size();
+    let rows_per_chunk = (CHUNK_ELEMENTS / row_len.max(1)).clamp(1, rows_per_slab.max(1));
+    let mut written = 0u64;
+    for (slab, slab_bytes) in bytes.chunks(rows_per_slab * row_bytes).enumerate() {
+        for chunk in slab_bytes.chunks(rows_per_chunk * row_bytes) {
+            let rows_per_task = (chunk.len() / row_bytes / rayon::current_num_threads().max(1)).max(1);
+            let parts: Vec<Vec<u8>> = chunk
+                .par_chunks(rows_per_task * row_bytes)
+                .map(|part| {
+                    let mut values = vec![0f32; part.len() / dtype.size()];
+                    dtype.decode_into(part, &mut values);
+                    encoder.encode(&values, slab)
+                })
+                .collect::<Result<_, _>>()?;
+            for part in parts {
+                out.write_all(&part)?;
+                written += part.len() as u64;
+            }
+        }
+    }
+    let pad = gguf::padding(written);
+    out.write_all(&vec![0u8; pad as usize])?;
+    Ok(written + pad)
+}

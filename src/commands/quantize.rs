@@ -1,0 +1,26 @@
+use anyhow::Result;
+use glm_convert::{ConvertOptions, ImportanceMatrix, Preset};
+
+use crate::cli::QuantizeArgs;
+use crate::engine::quantize::GgmlQuantizer;
+use crate::progress::ConvertProgress;
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
+    crate::model_source::check_gguf_magic(&args.input)?;
+    let importance = args.imatrix.as_deref().map(ImportanceMatrix::load).transpose()?;
+    let options = ConvertOptions {
+        preset: Preset::load(&args.quant)?,
+        quantizer: Some(&GgmlQuantizer),
+        importance: importance.as_ref(),
+        name: None,
+        plan: Default::default(),
+    };
+    let summary = glm_convert::requantize(&args.input, &args.output, &options, &ConvertProgress::new())?;
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MiB)",
+        summary.output.display(),
+        summary.tensors,
+        summary.bytes as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The quantization engine against llama.cpp's own quantizer: a one-pass
+//! `glm convert --quant X` must give exactly the file that llama.cpp's
+//! `llama_model_quantize` makes from our F32 conversion — same type and same bytes for
+//! every tensor. If a preset disagrees with llama.cpp on some tensor, the preset is wrong.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use glm::engine::quantize::{llama_quantize, GgmlQuantizer};
+use glm_convert::gguf::read_header;
+use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, Preset};
+
+/// A random Glm4ForCausalLM checkpoint whose matrices are multiples of 256 wide, so
+/// K-quants apply without fallbacks (the committed fixtures are 128 wide), with enough
+/// layers for the "more bits" layer pattern to matter.
+fn k_quant_checkpoint() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = model_dir("glm4-tiny");
+        for file in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+            "generation_config.json",
+        ] {
+            std::fs::copy(source.join(file), dir.path().join(file)).expect("copy tokenizer");
+        }
+        let mut config = read_json(&source.join("config.json"));
+        let (hidden, ffn, layers, heads, kv_heads, head_dim) = (256usize, 768usize, 8usize, 4usize, 2usize, 64usize);
+        config["hidden_size"] = hidden.into();
+        config["intermediate_size"] = ffn.into();
+        config["num_hidden_layers"] = layers.into();
+        config["num_attention_heads"] = heads.into();
+        config["num_key_value_heads"] = kv_heads.into();
+        config["head_dim"] = head_dim.into();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+        let vocab = config["vocab_size"].as_u64().expect("vocab") as usize;
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+            ("model.norm.weight".into(), vec![hidden]),
+            ("lm_head.weight".into(), vec![vocab, hidden]),
+        ];
+        for i in 0..layers {
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            shapes.extend([
+                (p("input_layernorm.weight"), vec![hidden]),
+                (p("post_self_attn_layernorm.weight"), vec![hidden]),
+                (p("post_attention_layernorm.weight"), vec![hidden]),
+                (p("post_mlp_layernorm.weight"), vec![hidden]),
+                (p("self_attn.q_proj.weight"), vec![heads * head_dim, hidden]),
+                (p("self_attn.q_proj.bias"), vec![heads * head_dim]),
+                (p("self_attn.k_proj.weight"), vec![kv_heads * head_dim, hidden]),
+                (p("self_attn.k_proj.bias"), vec![kv_heads * head_dim]),
+                (p("self_attn.v_proj.weight"), vec![kv_heads * head_dim, hidden]),
+                (p("self_attn.v_proj.bias"), vec![kv_heads * head_dim]),
+                (p("self_attn.o_proj.weight"), vec![hidden, heads * head_dim]),
+                (p("mlp.gate_up_proj.weight"), vec![2 * ffn, hidden]),
+                (p("mlp.down_proj.weight"), vec![hidden, ffn]),
+            ]);
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            // xorshift64*: deterministic, dependency-free test data.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let norm = shape.len() == 1 && name.ends_with("norm.weight");
+                let bytes = (0..n)
+                    .flat_map(|_| {
+                        let v = if norm { 1.0 + 0.1 * uniform() } else { 0.2 * uniform() };
+                        half::bf16::from_f32(v).to_le_bytes()
+                    })
+                    .collect();
+                (name, shape, bytes)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(name, shape, bytes)| {
+                let view =
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), bytes).expect("view");
+                (name.clone(), view)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).expect("write");
+        dir
+    })
+    .path()
+}
+
+fn convert_with(input: &Path, preset: &str, output: &Path) {
+    convert_with_importance(input, preset, output, None);
+}
+
+fn convert_with_importance(input: &Path, preset: &str, output: &Path, importance: Option<&ImportanceMatrix>) {
+    let options = ConvertOptions {
+        preset: Preset::load(preset).expect("preset"),
+        quantizer: Some(&GgmlQuantizer),
+        importance,
+        name: None,
+        plan: Default::default(),
+    };
+    glm_convert::convert(input, output, &options, &()).unwrap_or_else(|e| panic!("{preset}: {e}"));
+}
+
+/// Every tensor of `ours` and `theirs`: same name, type, shape and bytes.
+fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {
+    let read = |path: &PathBuf| {
+        let bytes = std::fs::read(path).expect("read");
+        let header = read_header(&mut std::io::Cursor::new(&bytes)).expect("header");
+        (bytes, header)
+    };
+    let (ours_bytes, ours) = read(&ours.to_path_buf());
+    let (theirs_bytes, theirs) = read(&theirs.to_path_buf());
+    assert_eq!(ours.tensors.len(), theirs.tensors.len(), "{what}: tensor count");
+    for (t, offset) in &ours.tensors {
+        let (u, their_offset) = theirs
+            .tensors
+            .iter()
+            .find(|(u, _)| u.name == t.name)
+            .unwrap_or_else(|| panic!("{what}: llama.cpp has no {}", t.name));
+        assert_eq!(t.ggml_type, u.ggml_type, "{what}: type of {}", t.name);
+        assert_eq!(t.ne, u.ne, "{what}: shape of {}", t.name);
+        let n = t.n_bytes() as usize;
+        let a = &ours_bytes[*offset as usize..*offset as usize + n];
+        let b = &theirs_bytes[*their_offset as usize..*their_offset as usize + n];
+        assert!(a == b, "{what}: bytes of {} differ", t.name);
+    }
+}
+
+fn check_equivalence(input: &Path, preset: &str) -> std::collections::BTreeSet<GgmlType> {
+    check_equivalence_with(input, preset, None)
+}
+
+fn check_equivalence_with(
+    input: &Path,
+    preset: &str,
+    importance: Option<&ImportanceMatrix>,
+) -> std::collections::BTreeSet<GgmlType> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f32_file = dir.path().join("f32.gguf");
+    convert_with(input, "f32", &f32_file);
+    let ours = dir.path().join("ours.gguf");
+    convert_with_importance(input, preset, &ours, importance);
+    let theirs = dir.path().join("llama.gguf");
+    let file_type = Preset::load(preset).expect("preset").file_type;
+    llama_quantize(&f32_file, &theirs, file_type, 2, importance).expect("llama_model_quantize");
+    assert_same_tensors(&ours, &theirs, &format!("{} {preset}", input.display()));
+    types_in(&ours)
+}
+
+fn types_in(path: &Path) -> std::collections::BTreeSet<GgmlType> {
+    let bytes = std::fs::read(path).expect("read");
+    let header = read_header(&mut std::io::Cursor::new(&bytes)).expect("header");
+    header.tensors.iter().map(|(t, _)| t.ggml_type).collect()
+}
+
+macro_rules! equivalence_tests {
+    ($($test:ident => $preset:literal),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            let types = check_equivalence(k_quant_checkpoint(), $preset);
+            let wanted = Preset::load($preset).expect("preset").default;
+            assert!(types.contains(&wanted), "{}: no {} tensor in {types:?}", $preset, wanted.name());
+            // The committed fixtures are 128 wide: K-quants fall back there.
+            check_equivalence(&model_dir("glm-tiny"), $preset);
+        }
+    )*};
+}
+
+equivalence_tests! {
+    q8_0_matches_llama_quantize => "q8_0",
+    q4_0_matches_llama_quantize => "q4_0",
+    q6_k_matches_llama_quantize => "q6_k",
+    q4_k_m_matches_llama_quantize => "q4_k_m",
+    q5_k_m_matches_llama_quantize => "q5_k_m",
+    q4_k_s_matches_llama_quantize => "q4_k_s",
+    q5_k_s_matches_llama_quantize => "q5_k_s",
+}
+
+/// `glm quantize` from an F32 GGUF gives the same file as the one-pass conversion.
+#[test]
+fn requantize_equals_one_pass_conversion() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = k_quant_checkpoint();
+    let f32_file = dir.path().join("f32.gguf");
+    convert_with(input, "f32", &f32_file);
+    let one_pass = dir.path().join("one-pass.gguf");
+    convert_with(input, "q4_k_m", &one_pass);
+    let requantized = dir.path().join("requantized.gguf");
+    let options = ConvertOptions {
+        preset: Preset::load("q4_k_m").expect("preset"),
+        quantizer: Some(&GgmlQuantizer),
+        importance: None,
+        name: None,
+        plan: Default::default(),
+    };
+    glm_convert::requantize(&f32_file, &requantized, &options, &()).expect("requantize");
+    assert_same_tensors(&requantized, &one_pass, "requantize q4_k_m");
+    let types = types_in(&requantized);
+    assert!(
+        types.contains(&GgmlType::Q4K) && types.contains(&GgmlType::Q6K),
+        "mixed types expected: {types:?}"
+    );
+}
+
+/// A legacy-format importance matrix with positive pseudo-random weights for every
+/// quantizable tensor of a GGUF file (what `llama-imatrix` would collect).
+fn importance_for(gguf: &Path, dir: &Path) -> ImportanceMatrix {
+    let bytes = std::fs::read(gguf).expect("read");
+    let header = read_header(&mut std::io::Cursor::new(&bytes)).expect("header");
+    let tensors: Vec<_> = header
+        .tensors
+        .iter()
+        .filter(|(t, _)| glm_convert::preset::is_quantizable(&t.name, &t.ne))
+        .collect();
+    let mut file = Vec::new();
+    file.extend((tensors.len() as i32).to_le_bytes());
+    let mut seed = 7u32;
+    for (t, _) in tensors {
+        file.extend((t.name.len() as i32).to_le_bytes());
+        file.extend(t.name.as_bytes());
+        file.extend(3i32.to_le_bytes()); // calls
+        let n = t.ne[0] as usize * t.ne.get(2).copied().unwrap_or(1) as usize;
+        file.extend((n as i32).to_le_bytes());
+        for _ in 0..n {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            file.extend((0.1 + (seed >> 8) as f32 / (1u32 << 24) as f32 * 3.0).to_le_bytes());
+        }
+    }
+    let path = dir.join("imatrix.dat");
+    std::fs::write(&path, file).expect("write imatrix");
+    ImportanceMatrix::load(&path).expect("load imatrix")
+}
+
+/// With an importance matrix both sides must still agree bit for bit (the weights change
+/// the rounding of every K-quant and legacy block, and Q4_0 guards early ffn_down layers).
+#[test]
+fn importance_matrix_matches_llama_quantize() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = k_quant_checkpoint();
+    let f32_file = dir.path().join("f32.gguf");
+    convert_with(input, "f32", &f32_file);
+    let importance = importance_for(&f32_file, dir.path());
+    for preset in ["q4_k_m", "q4_0", "q5_k_s"] {
+        let with = check_equivalence_with(input, preset, Some(&importance));
+        if preset == "q4_0" {
+            assert!(
+                with.contains(&GgmlType::Q4_1),
+                "Q4_0 with an imatrix guards early ffn_down with Q4_1"
+            );
+        }
+    }
+    // And the weights matter: without them the bytes differ.
+    let plain = dir.path().join("plain.gguf");
+    convert_with(input, "q4_k_m", &plain);
+    let weighted = dir.path().join("weighted.gguf");
+    convert_with_importance(input, "q4_k_m", &weighted, Some(&importance));
+    assert_ne!(
+        std::fs::read(&plain).expect("read"),
+        std::fs::read(&weighted).expect("read")
+    );
+}
