@@ -6,17 +6,15 @@ use std::io::Write;
 use std::path::Path;
 
 use memmap2::Mmap;
-use rayon::prelude::*;
 
 use crate::checkpoint::SourceDtype;
 use crate::error::{ConvertError, Result};
 use crate::gguf::{self, MetaValue, TensorHeader};
 use crate::preset::TypePlanner;
 use crate::tensor_type::GgmlType;
-use crate::writer::{write_atomically, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError};
-
-/// Rows re-encoded per step (bounded memory whatever the tensor size).
-const CHUNK_ELEMENTS: usize = 1 << 22;
+use crate::writer::{
+    encode_rows, write_atomically, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError, CHUNK_ELEMENTS,
+};
 
 pub fn requantize(
     input: &Path,
@@ -121,19 +119,7 @@ fn reencode<W: Write>(out: &mut W, bytes: &[u8], source: &TensorHeader, encoder:
     let mut written = 0u64;
     for (slab, slab_bytes) in bytes.chunks(rows_per_slab * row_bytes).enumerate() {
         for chunk in slab_bytes.chunks(rows_per_chunk * row_bytes) {
-            let rows_per_task = (chunk.len() / row_bytes / rayon::current_num_threads().max(1)).max(1);
-            let parts: Vec<Vec<u8>> = chunk
-                .par_chunks(rows_per_task * row_bytes)
-                .map(|part| {
-                    let mut values = vec![0f32; part.len() / dtype.size()];
-                    dtype.decode_into(part, &mut values);
-                    encoder.encode(&values, slab)
-                })
-                .collect::<Result<_, _>>()?;
-            for part in parts {
-                out.write_all(&part)?;
-                written += part.len() as u64;
-            }
+            written += encode_rows(out, chunk, dtype, row_len, encoder, slab)?;
         }
     }
     let pad = gguf::padding(written);

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::arch::{self, Architecture, PlanOptions, PlannedTensor, SourceSlice};
-use crate::checkpoint::{Checkpoint, TensorEntry};
+use crate::checkpoint::{Checkpoint, SourceDtype, TensorEntry};
 use crate::config::HfConfig;
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{self, Metadata, TensorHeader};
@@ -19,7 +19,7 @@ use crate::tokenizer::Vocabulary;
 
 /// Elements converted per step; bounds memory to a few of these buffers whatever the
 /// tensor size (a 151552×6144 embedding is 3.7 GB in f32).
-const CHUNK_ELEMENTS: usize = 1 << 22;
+pub(crate) const CHUNK_ELEMENTS: usize = 1 << 22;
 
 #[derive(Clone)]
 pub struct ConvertOptions<'a> {
@@ -315,7 +315,7 @@ fn write_tensor<W: Write>(
         while row < rows.end {
             let end = (row + rows_per_chunk).min(rows.end);
             let bytes = checkpoint.row_bytes(entry, row..end);
-            written += encode_chunk(out, bytes, entry, encoder, index)?;
+            written += encode_rows(out, bytes, entry.dtype, entry.row_len(), encoder, index)?;
             checkpoint.release_rows(entry, row..end);
             progress.advance(bytes.len() as u64);
             row = end;
@@ -354,21 +354,24 @@ fn write_transposed<W: Write>(
     Ok(encoded.len() as u64)
 }
 
-fn encode_chunk<W: Write>(
+/// Decodes whole rows of `dtype` values and encodes them, split across threads, writing
+/// the parts in order.
+pub(crate) fn encode_rows<W: Write>(
     out: &mut W,
     bytes: &[u8],
-    entry: &TensorEntry,
+    dtype: SourceDtype,
+    row_len: usize,
     encoder: &Encoder,
     source: usize,
 ) -> Result<u64, WriteError> {
-    let src_row_bytes = entry.row_len() * entry.dtype.size();
+    let src_row_bytes = row_len * dtype.size();
     // Whole source rows per task keep quantization blocks intact.
     let rows_per_task = (bytes.len() / src_row_bytes / rayon::current_num_threads().max(1)).max(1);
     let parts: Vec<Vec<u8>> = bytes
         .par_chunks(rows_per_task * src_row_bytes)
         .map(|part| {
-            let mut values = vec![0f32; part.len() / entry.dtype.size()];
-            entry.dtype.decode_into(part, &mut values);
+            let mut values = vec![0f32; part.len() / dtype.size()];
+            dtype.decode_into(part, &mut values);
             encoder.encode(&values, source)
         })
         .collect::<Result<_, _>>()?;
