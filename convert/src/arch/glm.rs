@@ -1,56 +1,21 @@
 //! `GlmForCausalLM` (THUDM/glm-4-9b-chat-hf) → llama.cpp `chatglm`.
 //!
-//! Pre-norm blocks, q/k/v with bias, fused gate/up MLP, interleaved partial RoPE.
+//! Pre-norm blocks, q/k/v with bias, fused gate/up MLP, interleaved partial RoPE. HF's
+//! `post_attention_layernorm` is the pre-MLP norm (`ffn_norm`).
 
-use super::{
-    dense_block_tensor, global_tensor_role, layer_tensor, write_common_hparams, write_gqa_hparams, Architecture,
-    LayerCounts, PlanOptions, TensorRole,
-};
-use crate::checkpoint::TensorEntry;
-use crate::config::HfConfig;
-use crate::error::Result;
-use crate::gguf::Metadata;
+use super::DenseGlm;
 use crate::tokenizer::SpecialTokens;
 
-pub struct Glm;
-
-impl Architecture for Glm {
-    fn hf_name(&self) -> &'static str {
-        "GlmForCausalLM"
-    }
-
-    fn gguf_arch(&self) -> &'static str {
-        "chatglm"
-    }
-
-    fn write_hparams(&self, config: &HfConfig, layers: LayerCounts, meta: &mut Metadata) -> Result<()> {
-        write_common_hparams(self.gguf_arch(), config, layers, meta)?;
-        write_gqa_hparams(self.gguf_arch(), config, false, meta)
-    }
-
-    fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, _: &PlanOptions) -> Result<Option<TensorRole>> {
-        Ok(role(config, &entry.name))
-    }
-
-    fn special_tokens(&self) -> SpecialTokens {
-        SpecialTokens {
-            eos: Some("<|endoftext|>"),
-            eot: Some("<|user|>"),
-            unk: Some("<|endoftext|>"),
-            ..Default::default()
-        }
-    }
-}
-
-fn role(config: &HfConfig, hf_name: &str) -> Option<TensorRole> {
-    if let Some(role) = global_tensor_role(config, hf_name) {
-        return Some(role);
-    }
-    let (layer, rest) = layer_tensor(hf_name)?;
-    let gguf = match rest {
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        _ if rest.ends_with("rotary_emb.inv_freq") => return Some(TensorRole::Skip),
-        _ => dense_block_tensor(rest)?,
-    };
-    Some(TensorRole::Rename(format!("blk.{layer}.{gguf}")))
-}
+pub const GLM: DenseGlm = DenseGlm {
+    hf_name: "GlmForCausalLM",
+    gguf_arch: "chatglm",
+    norms: &[("post_attention_layernorm.weight", "ffn_norm.weight")],
+    special_tokens: SpecialTokens {
+        bos: None,
+        eos: Some("<|endoftext|>"),
+        eot: Some("<|user|>"),
+        eom: None,
+        unk: Some("<|endoftext|>"),
+        pad: None,
+    },
+};

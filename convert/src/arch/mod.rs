@@ -171,7 +171,7 @@ pub trait Architecture: Sync {
     }
 }
 
-static ARCHITECTURES: &[&dyn Architecture] = &[&glm::Glm, &glm4::Glm4, &glm4moe::Glm4Moe, &glm4moe_lite::Glm4MoeLite];
+static ARCHITECTURES: &[&dyn Architecture] = &[&glm::GLM, &glm4::GLM4, &glm4moe::Glm4Moe, &glm4moe_lite::Glm4MoeLite];
 
 pub fn find(hf_name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.hf_name() == hf_name)
@@ -246,6 +246,51 @@ pub(crate) fn global_tensor_role(config: &HfConfig, hf_name: &str) -> Option<Ten
         _ => return None,
     };
     Some(TensorRole::Rename(gguf.to_owned()))
+}
+
+/// The dense GLM architectures (chatglm, glm4): same attention and fused MLP, different
+/// norm names and token roles, so each is a value of this one type (in its own file).
+pub struct DenseGlm {
+    pub hf_name: &'static str,
+    pub gguf_arch: &'static str,
+    /// HF norm names below the layer → GGUF names below `blk.N.`.
+    pub norms: &'static [(&'static str, &'static str)],
+    pub special_tokens: SpecialTokens,
+}
+
+impl Architecture for DenseGlm {
+    fn hf_name(&self) -> &'static str {
+        self.hf_name
+    }
+
+    fn gguf_arch(&self) -> &'static str {
+        self.gguf_arch
+    }
+
+    fn write_hparams(&self, config: &HfConfig, layers: LayerCounts, meta: &mut Metadata) -> Result<()> {
+        write_common_hparams(self.gguf_arch, config, layers, meta)?;
+        write_gqa_hparams(self.gguf_arch, config, false, meta)
+    }
+
+    fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, _: &PlanOptions) -> Result<Option<TensorRole>> {
+        if let Some(role) = global_tensor_role(config, &entry.name) {
+            return Ok(Some(role));
+        }
+        let Some((layer, rest)) = layer_tensor(&entry.name) else {
+            return Ok(None);
+        };
+        if rest.ends_with("rotary_emb.inv_freq") {
+            return Ok(Some(TensorRole::Skip));
+        }
+        let norm = self.norms.iter().find(|(hf, _)| *hf == rest).map(|(_, gguf)| *gguf);
+        Ok(norm
+            .or_else(|| dense_block_tensor(rest))
+            .map(|gguf| TensorRole::Rename(format!("blk.{layer}.{gguf}"))))
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        self.special_tokens
+    }
 }
 
 /// Attention and MLP tensors shared by the dense GLM blocks (chatglm and glm4 layouts).
