@@ -453,3 +453,54 @@ fn quantize_requantizes_and_refuses_quantized_input() {
         stderr_of(&again)
     );
 }
+
+/// `--no-think` reaches the template as `enable_thinking=false` (GLM-4.5 marks the user
+/// turn with `/nothink`), `--think` as true.
+#[test]
+fn think_flags_reach_the_template() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = |flag: &str| {
+        let file = dir.path().join(format!("{flag}.json"));
+        glm()
+            .arg("logits")
+            .arg(&model)
+            .args(["--prompt", "hi", flag, "-o"])
+            .arg(&file)
+            .assert()
+            .success();
+        ids(&read_json(&file)["tokens"])
+    };
+    let nothink = glm()
+        .arg("tokenize")
+        .arg(&model)
+        .arg("/nothink")
+        .output()
+        .expect("tokenize");
+    let nothink: Vec<i32> = serde_json::from_slice(&nothink.stdout).expect("ids");
+    assert_eq!(nothink.len(), 1, "/nothink is one token");
+    assert!(tokens("--no-think").contains(&nothink[0]));
+    assert!(!tokens("--think").contains(&nothink[0]));
+}
+
+/// GLM-4.7-Flash opens `<think>` in the prompt: by default the answer is reasoning (on
+/// stderr); with `--no-think` the template closes the block and text goes to stdout.
+#[test]
+fn no_think_sends_the_answer_to_stdout() {
+    let model = converted("glm47flash-tiny", "q8_0");
+    let run = |flag: Option<&str>| {
+        glm()
+            .arg("run")
+            .arg(&model)
+            .args(["-p", "Hello", "--temp", "0", "-n", "10"])
+            .args(flag)
+            .output()
+            .expect("run")
+    };
+    let thinking = run(None);
+    assert!(thinking.status.success(), "{}", stderr_of(&thinking));
+    assert!(thinking.stdout.is_empty(), "reasoning must not reach stdout");
+    let direct = run(Some("--no-think"));
+    assert!(direct.status.success(), "{}", stderr_of(&direct));
+    assert!(!direct.stdout.is_empty(), "answer expected on stdout");
+}

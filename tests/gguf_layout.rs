@@ -168,3 +168,245 @@ fn token_list_is_padded_and_typed() {
         );
     }
 }
+
+fn key(gguf: &Gguf, name: &str) -> Value {
+    gguf.meta
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("missing key {name}"))
+}
+
+fn f(config: &Value, name: &str) -> f64 {
+    config[name].as_f64().unwrap_or_else(|| panic!("config.{name}"))
+}
+
+#[test]
+fn moe_keys_follow_the_config() {
+    for (model, arch) in [
+        ("glm4moe-tiny", "glm4moe"),
+        ("glm4moe-air-tiny", "glm4moe"),
+        ("glm47flash-tiny", "deepseek2"),
+    ] {
+        let config = read_json(&model_dir(model).join("config.json"));
+        let gguf = read_gguf(model, "f16");
+        let k = |name: &str| key(&gguf, &format!("{arch}.{name}"));
+        assert_eq!(gguf.meta["general.architecture"], arch);
+        assert_eq!(k("expert_count"), u(&config, "n_routed_experts"), "{model}");
+        assert_eq!(k("expert_used_count"), u(&config, "num_experts_per_tok"), "{model}");
+        assert_eq!(k("expert_shared_count"), u(&config, "n_shared_experts"), "{model}");
+        assert_eq!(
+            k("expert_feed_forward_length"),
+            u(&config, "moe_intermediate_size"),
+            "{model}"
+        );
+        assert_eq!(
+            k("leading_dense_block_count"),
+            u(&config, "first_k_dense_replace"),
+            "{model}"
+        );
+        assert_eq!(k("expert_gating_func"), 2, "{model}: sigmoid gating");
+        let scale = k("expert_weights_scale").as_f64().expect("scale");
+        assert!((scale - f(&config, "routed_scaling_factor")).abs() < 1e-6, "{model}");
+        assert_eq!(k("expert_weights_norm"), config["norm_topk_prob"], "{model}");
+        // NextN layers count in block_count only when the checkpoint has their weights.
+        let trunk = u(&config, "num_hidden_layers");
+        let has_mtp = gguf.tensors.keys().any(|n| n.starts_with(&format!("blk.{trunk}.")));
+        assert_eq!(k("block_count"), trunk + u64::from(has_mtp), "{model}");
+        assert_eq!(
+            gguf.meta.contains_key(&format!("{arch}.nextn_predict_layers")),
+            has_mtp,
+            "{model}"
+        );
+        assert_eq!(gguf.meta["tokenizer.ggml.add_bos_token"], false);
+        let tokens = gguf.meta["tokenizer.ggml.tokens"].as_array().expect("tokens");
+        let text_of = |name: &str| tokens[key(&gguf, name).as_u64().expect("id") as usize].clone();
+        assert_eq!(text_of("tokenizer.ggml.bos_token_id"), "[gMASK]", "{model}");
+        assert_eq!(text_of("tokenizer.ggml.eom_token_id"), "<|observation|>", "{model}");
+        if arch == "glm4moe" {
+            assert_eq!(
+                k("attention.key_length"),
+                u(&config, "head_dim"),
+                "{model}: head_dim is explicit"
+            );
+        } else {
+            let rank = u(&config, "kv_lora_rank");
+            let rope = u(&config, "qk_rope_head_dim");
+            assert_eq!(k("attention.head_count_kv"), 1, "MLA runs as MQA");
+            assert_eq!(k("attention.key_length"), rank + rope);
+            assert_eq!(k("attention.value_length"), rank);
+            assert_eq!(k("attention.key_length_mla"), u(&config, "qk_nope_head_dim") + rope);
+            assert_eq!(k("attention.value_length_mla"), u(&config, "v_head_dim"));
+            assert_eq!(k("rope.dimension_count"), rope);
+        }
+    }
+}
+
+#[test]
+fn moe_tensors_are_stacked_and_typed() {
+    for model in MOE_MODELS {
+        let config = read_json(&model_dir(model).join("config.json"));
+        let (h, e, fe) = (
+            u(&config, "hidden_size"),
+            u(&config, "n_routed_experts"),
+            u(&config, "moe_intermediate_size"),
+        );
+        let first_moe = u(&config, "first_k_dense_replace");
+        for preset in BASIC_PRESETS {
+            let gguf = read_gguf(model, preset);
+            let tensor = |name: String| {
+                gguf.tensors
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{model}: missing {name}"))
+            };
+            let b = |n: &str| format!("blk.{first_moe}.{n}");
+            assert_eq!(tensor(b("ffn_gate_exps.weight")).1, vec![h, fe, e]);
+            assert_eq!(tensor(b("ffn_up_exps.weight")).1, vec![h, fe, e]);
+            assert_eq!(tensor(b("ffn_down_exps.weight")).1, vec![fe, h, e]);
+            assert_eq!(
+                tensor(b("ffn_gate_inp.weight")),
+                (0, vec![h, e]),
+                "{model}: router stays F32"
+            );
+            assert_eq!(
+                tensor(b("exp_probs_b.bias")),
+                (0, vec![e]),
+                "{model}: correction bias is F32"
+            );
+            assert!(gguf.tensors.contains_key(&b("ffn_up_shexp.weight")));
+            assert!(
+                !gguf.tensors.keys().any(|n| n.contains("ffn_gate_up")),
+                "{model}: gate and up stay separate"
+            );
+            assert_eq!(
+                tensor("blk.0.ffn_gate.weight".into()).1,
+                vec![h, u(&config, "intermediate_size")],
+                "{model}: leading dense layer"
+            );
+        }
+    }
+}
+
+/// Each expert's rows must land in its own slab, in expert-id order: compare the F32
+/// file's bytes with the checkpoint's BF16 values.
+#[test]
+fn expert_slabs_follow_expert_ids() {
+    use safetensors::SafeTensors;
+    let model = "glm4moe-tiny";
+    let config = read_json(&model_dir(model).join("config.json"));
+    let first_moe = u(&config, "first_k_dense_replace");
+    let values = tensor_values(&converted(model, "f32"), &format!("blk.{first_moe}.ffn_up_exps.weight"));
+    let experts = u(&config, "n_routed_experts") as usize;
+    let slab = values.len() / experts;
+    for expert in [0, 1, experts - 1] {
+        let name = format!("model.layers.{first_moe}.mlp.experts.{expert}.up_proj.weight");
+        let source = hf_tensor(model, &name, |bytes: &[u8], t: &SafeTensors| {
+            assert_eq!(t.tensor(&name).expect("tensor").dtype(), safetensors::Dtype::BF16);
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect::<Vec<f32>>()
+        });
+        assert_eq!(
+            &values[expert * slab..(expert + 1) * slab],
+            &source[..],
+            "expert {expert}"
+        );
+    }
+}
+
+/// MLA: `attn_k_b` holds each head's key rows of `kv_b_proj` transposed, `attn_v_b` its
+/// value rows as they are.
+#[test]
+fn mla_kv_b_is_split_per_head() {
+    let model = "glm47flash-tiny";
+    let config = read_json(&model_dir(model).join("config.json"));
+    let (heads, nope, value, rank) = (
+        u(&config, "num_attention_heads") as usize,
+        u(&config, "qk_nope_head_dim") as usize,
+        u(&config, "v_head_dim") as usize,
+        u(&config, "kv_lora_rank") as usize,
+    );
+    let path = converted(model, "f32");
+    let k_b = tensor_values(&path, "blk.0.attn_k_b.weight");
+    let v_b = tensor_values(&path, "blk.0.attn_v_b.weight");
+    let name = "model.layers.0.self_attn.kv_b_proj.weight";
+    let w = hf_tensor(model, name, |bytes, _| {
+        bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect::<Vec<f32>>()
+    });
+    for h in 0..heads {
+        for r in 0..rank {
+            for d in 0..nope {
+                assert_eq!(
+                    k_b[d + nope * (r + rank * h)],
+                    w[(h * (nope + value) + d) * rank + r],
+                    "k_b h{h} r{r} d{d}"
+                );
+            }
+            for v in 0..value {
+                assert_eq!(
+                    v_b[r + rank * (v + value * h)],
+                    w[(h * (nope + value) + nope + v) * rank + r],
+                    "v_b h{h} v{v} r{r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn no_mtp_drops_nextn_layers() {
+    let model = "glm4moe-tiny";
+    let config = read_json(&model_dir(model).join("config.json"));
+    let trunk = u(&config, "num_hidden_layers");
+    let kept = read_gguf(model, "f16");
+    assert!(
+        kept.tensors.contains_key(&format!("blk.{trunk}.nextn.eh_proj.weight")),
+        "fixture has an MTP layer"
+    );
+    let path = converted_with(model, "f16", false);
+    let mut container = gguf_rs::get_gguf_container_array_size(path.to_str().expect("path"), 4).expect("open");
+    let dropped = container.decode().expect("decode");
+    assert!(!dropped
+        .tensors()
+        .iter()
+        .any(|t| t.name.starts_with(&format!("blk.{trunk}."))));
+    assert_eq!(dropped.metadata()["glm4moe.block_count"], trunk);
+    assert!(!dropped.metadata().contains_key("glm4moe.nextn_predict_layers"));
+}
+
+/// The F32 values of one tensor of a GGUF file.
+fn tensor_values(path: &std::path::Path, name: &str) -> Vec<f32> {
+    let mut container = gguf_rs::get_gguf_container_array_size(path.to_str().expect("path"), 4).expect("open");
+    let model = container.decode().expect("decode");
+    let t = model
+        .tensors()
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(t.kind, 0, "{name} should be F32");
+    let bytes = std::fs::read(path).expect("read");
+    let start = (model.data_offset() + t.offset) as usize;
+    bytes[start..start + t.size as usize]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Reads a checkpoint tensor's bytes from whichever shard holds it.
+fn hf_tensor<T>(model: &str, name: &str, decode: impl Fn(&[u8], &safetensors::SafeTensors) -> T) -> T {
+    for entry in std::fs::read_dir(model_dir(model)).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = std::fs::read(&path).expect("read");
+            let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+            if let Ok(view) = tensors.tensor(name) {
+                return decode(view.data(), &tensors);
+            }
+        }
+    }
+    panic!("{name} not in {model}")
+}

@@ -63,3 +63,10 @@ fn check_renders(file: &str) {
 fn dense_templates_render_like_transformers() {
     check_renders("templates.json");
 }
+
+/// GLM-4.5 and GLM-4.7-Flash templates: thinking on/off, tools, tool calls and results,
+/// reasoning content.
+#[test]
+fn moe_templates_render_like_transformers() {
+    check_renders("templates_moe.json");
+}
