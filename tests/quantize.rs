@@ -270,3 +270,45 @@ fn importance_matrix_matches_llama_quantize() {
         std::fs::read(&weighted).expect("read")
     );
 }
+
+/// Types that need importance weights (IQ2_XXS here) refuse to run without them, before
+/// writing anything, and work with them.
+#[test]
+fn importance_only_types_need_an_imatrix() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let preset_file = dir.path().join("iq2.yaml");
+    std::fs::write(
+        &preset_file,
+        "description: 2-bit\nfile_type: 19\ndefault: iq2_xxs\nrules:\n  - names: [output.weight]\n    type: q6_k\n",
+    )
+    .expect("preset");
+    let preset = preset_file.to_str().expect("path");
+    let input = k_quant_checkpoint();
+    let output = dir.path().join("iq2.gguf");
+    let options = ConvertOptions {
+        preset: Preset::load(preset).expect("preset"),
+        quantizer: Some(&GgmlQuantizer),
+        importance: None,
+        name: None,
+        plan: Default::default(),
+    };
+    let err = glm_convert::convert(input, &output, &options, &()).expect_err("must refuse");
+    assert!(err.to_string().contains("IQ2_XXS needs an importance matrix"), "{err}");
+    assert!(!output.exists());
+
+    let f32_file = dir.path().join("f32.gguf");
+    convert_with(input, "f32", &f32_file);
+    let importance = importance_for(&f32_file, dir.path());
+    convert_with_importance(input, preset, &output, Some(&importance));
+    let types = types_in(&output);
+    assert!(types.contains(&GgmlType::IQ2XXS), "{types:?}");
+    let engine = glm::engine::Engine::load(&output, &Default::default()).expect("llama.cpp loads it");
+    let context = glm::engine::ContextOptions {
+        ctx_size: 64,
+        threads: 2,
+        cache_type: glm::engine::CacheType::F16,
+        flash_attention: glm::engine::FlashAttention::Auto,
+    };
+    let logits = engine.logits(&[1, 2, 3], false, &context).expect("logits");
+    assert!(logits[0].iter().all(|v| v.is_finite()));
+}

@@ -13,7 +13,8 @@ use crate::gguf::{self, MetaValue, TensorHeader};
 use crate::preset::TypePlanner;
 use crate::tensor_type::GgmlType;
 use crate::writer::{
-    encode_rows, write_atomically, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError, CHUNK_ELEMENTS,
+    check_importance, encode_rows, write_atomically, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError,
+    CHUNK_ELEMENTS,
 };
 
 pub fn requantize(
@@ -59,6 +60,7 @@ pub fn requantize(
             ggml_type: types.choose(&t.name, &t.ne),
         })
         .collect();
+    check_importance(&outputs, options)?;
     let mut meta = header.meta.clone();
     meta.set("general.file_type", options.preset.file_type);
     meta.set("general.quantization_version", MetaValue::U32(2));

@@ -19,10 +19,19 @@ pub enum GgmlType {
     Q4K,
     Q5K,
     Q6K,
+    IQ2XXS,
+    IQ2XS,
+    IQ3XXS,
+    IQ1S,
+    IQ4NL,
+    IQ3S,
+    IQ2S,
+    IQ4XS,
+    IQ1M,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 13] = [
+    pub const ALL: [GgmlType; 22] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -36,6 +45,15 @@ impl GgmlType {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ2XXS,
+        GgmlType::IQ2XS,
+        GgmlType::IQ3XXS,
+        GgmlType::IQ1S,
+        GgmlType::IQ4NL,
+        GgmlType::IQ3S,
+        GgmlType::IQ2S,
+        GgmlType::IQ4XS,
+        GgmlType::IQ1M,
     ];
 
     /// (ggml id, elements per block, bytes per block, name)
@@ -53,7 +71,16 @@ impl GgmlType {
             GgmlType::Q4K => (12, 256, 144, "Q4_K"),
             GgmlType::Q5K => (13, 256, 176, "Q5_K"),
             GgmlType::Q6K => (14, 256, 210, "Q6_K"),
+            GgmlType::IQ2XXS => (16, 256, 66, "IQ2_XXS"),
+            GgmlType::IQ2XS => (17, 256, 74, "IQ2_XS"),
+            GgmlType::IQ3XXS => (18, 256, 98, "IQ3_XXS"),
+            GgmlType::IQ1S => (19, 256, 50, "IQ1_S"),
+            GgmlType::IQ4NL => (20, 32, 18, "IQ4_NL"),
+            GgmlType::IQ3S => (21, 256, 110, "IQ3_S"),
+            GgmlType::IQ2S => (22, 256, 82, "IQ2_S"),
+            GgmlType::IQ4XS => (23, 256, 136, "IQ4_XS"),
             GgmlType::BF16 => (30, 1, 2, "BF16"),
+            GgmlType::IQ1M => (29, 256, 56, "IQ1_M"),
         }
     }
 
@@ -119,6 +146,9 @@ impl GgmlType {
 /// Quantizes rows of f32 values into a ggml block format. The runtime side implements it
 /// with ggml's own kernels; this crate stays free of the runtime.
 pub trait Quantizer: Sync {
+    /// Types that cannot be made without importance weights (the very low-bit IQ types).
+    fn requires_importance(&self, ty: GgmlType) -> bool;
+
     /// `values` holds whole rows of `row_len`; `importance` has `row_len` weights.
     fn quantize(
         &self,

@@ -73,6 +73,7 @@ pub fn convert<'a>(
     let planned = arch.plan(&config, &checkpoint, &options.plan)?;
     let layers = arch::layer_counts(&config, &planned)?;
     let headers = plan_headers(&planned, &checkpoint, &options.preset, options.importance.is_some())?;
+    check_importance(&headers, options)?;
     let parameters = headers.iter().map(|h| h.ne.iter().product::<u64>()).sum();
 
     let mut meta = Metadata::default();
@@ -185,6 +186,33 @@ fn plan_headers(
             })
         })
         .collect()
+}
+
+/// Refuses, before anything is written, a plan with types that need importance weights
+/// the user did not supply.
+pub(crate) fn check_importance(headers: &[TensorHeader], options: &ConvertOptions) -> Result<()> {
+    let Some(quantizer) = options.quantizer else {
+        return Ok(());
+    };
+    for header in headers {
+        let ty = header.ggml_type;
+        if !quantizer.requires_importance(ty) {
+            continue;
+        }
+        let has_weights = options.importance.is_some_and(|m| m.get(&header.name).is_some());
+        if !has_weights {
+            let what = if options.importance.is_some() {
+                "the importance matrix has no entry for it"
+            } else {
+                "pass one with --imatrix"
+            };
+            return Err(ConvertError::tensor(
+                &header.name,
+                format!("{} needs an importance matrix: {what}", ty.name()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `body` against a temporary file beside `output` and renames it into place only

@@ -11,6 +11,11 @@ use glm_convert::{GgmlType, ImportanceMatrix, Quantizer};
 pub struct GgmlQuantizer;
 
 impl Quantizer for GgmlQuantizer {
+    fn requires_importance(&self, ty: GgmlType) -> bool {
+        // SAFETY: pure function of the type id.
+        unsafe { llama_cpp_sys_2::ggml_quantize_requires_imatrix(ty.id() as llama_cpp_sys_2::ggml_type) }
+    }
+
     fn quantize(
         &self,
         ty: GgmlType,
@@ -33,8 +38,7 @@ impl Quantizer for GgmlQuantizer {
         }
         let rows = values.len() / row_len;
         let ggml_type = ty.id() as llama_cpp_sys_2::ggml_type;
-        // SAFETY: pure function of its arguments; reports whether `ggml_type` needs weights.
-        if importance.is_none() && unsafe { llama_cpp_sys_2::ggml_quantize_requires_imatrix(ggml_type) } {
+        if importance.is_none() && self.requires_importance(ty) {
             return Err(format!("{} needs an importance matrix (--imatrix)", ty.name()));
         }
         let mut out = vec![0u8; ty.row_bytes(row_len) * rows];
