@@ -3,6 +3,8 @@
 
 pub mod template;
 pub mod thinking;
+pub mod tool_calls;
 
 pub use template::{ChatTemplate, RenderOptions};
 pub use thinking::{prompt_opens_thinking, Segment, ThinkingSplitter};
+pub use tool_calls::ToolCall;

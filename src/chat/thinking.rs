@@ -1,20 +1,35 @@
-//! Splits a streamed answer into reasoning (`<think>…</think>`) and the answer proper.
-//! Tags may arrive cut across chunks at any byte, so a possible tag start is held back
-//! until it is complete or proven not to be a tag.
+//! Splits a streamed answer into reasoning (`<think>…</think>`), tool calls
+//! (`<tool_call>…</tool_call>`) and the answer proper. Tags may arrive cut across chunks
+//! at any byte, so a possible tag start is held back until it is complete or proven not
+//! to be a tag.
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+use super::tool_calls::{parse_tool_call, ToolCall};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+const THINK_OPEN: &str = "<think>";
+const THINK_CLOSE: &str = "</think>";
+const TOOL_OPEN: &str = "<tool_call>";
+const TOOL_CLOSE: &str = "</tool_call>";
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Segment {
     Reasoning(String),
     Answer(String),
+    ToolCall(ToolCall),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Answer,
+    Reasoning,
+    ToolCall,
 }
 
 #[derive(Debug, Default)]
 pub struct ThinkingSplitter {
-    in_reasoning: bool,
+    state: State,
     held: String,
+    tool_call: String,
 }
 
 impl ThinkingSplitter {
@@ -22,8 +37,12 @@ impl ThinkingSplitter {
     /// templates with thinking on), so the first text is reasoning.
     pub fn new(opened_by_prompt: bool) -> Self {
         Self {
-            in_reasoning: opened_by_prompt,
-            held: String::new(),
+            state: if opened_by_prompt {
+                State::Reasoning
+            } else {
+                State::Answer
+            },
+            ..Default::default()
         }
     }
 
@@ -32,17 +51,29 @@ impl ThinkingSplitter {
         self.held.push_str(text);
         let mut out = Vec::new();
         loop {
-            let tag = if self.in_reasoning { CLOSE } else { OPEN };
-            match self.held.find(tag) {
-                Some(at) => {
+            let tags: &[&str] = match self.state {
+                State::Answer => &[THINK_OPEN, TOOL_OPEN],
+                State::Reasoning => &[THINK_CLOSE],
+                State::ToolCall => &[TOOL_CLOSE],
+            };
+            let found = tags
+                .iter()
+                .filter_map(|tag| self.held.find(tag).map(|at| (at, *tag)))
+                .min_by_key(|(at, _)| *at);
+            match found {
+                Some((at, tag)) => {
                     let before: String = self.held.drain(..at).collect();
                     self.held.drain(..tag.len());
                     self.emit(&mut out, before);
-                    self.in_reasoning = !self.in_reasoning;
+                    self.switch(tag, &mut out);
                 }
                 None => {
-                    // Keep back the longest suffix that could still grow into the tag.
-                    let keep = longest_tag_prefix_suffix(&self.held, tag);
+                    // Keep back the longest suffix that could still grow into a tag.
+                    let keep = tags
+                        .iter()
+                        .map(|t| longest_tag_prefix_suffix(&self.held, t))
+                        .max()
+                        .unwrap_or(0);
                     let ready: String = self.held.drain(..self.held.len() - keep).collect();
                     self.emit(&mut out, ready);
                     return out;
@@ -51,27 +82,50 @@ impl ThinkingSplitter {
         }
     }
 
-    /// Flushes held-back text at the end of the stream.
+    /// Flushes held-back text at the end of the stream (an unfinished tool call is
+    /// shown as the text it is).
     pub fn finish(&mut self) -> Vec<Segment> {
         let rest = std::mem::take(&mut self.held);
         let mut out = Vec::new();
-        self.emit(&mut out, rest);
+        if self.state == State::ToolCall {
+            let raw = format!("{TOOL_OPEN}{}{rest}", std::mem::take(&mut self.tool_call));
+            out.push(Segment::Answer(raw));
+            self.state = State::Answer;
+        } else {
+            self.emit(&mut out, rest);
+        }
         out
     }
 
     pub fn in_reasoning(&self) -> bool {
-        self.in_reasoning
+        self.state == State::Reasoning
     }
 
-    fn emit(&self, out: &mut Vec<Segment>, text: String) {
+    fn switch(&mut self, tag: &str, out: &mut Vec<Segment>) {
+        self.state = match tag {
+            THINK_OPEN => State::Reasoning,
+            TOOL_OPEN => State::ToolCall,
+            TOOL_CLOSE => {
+                let body = std::mem::take(&mut self.tool_call);
+                out.push(match parse_tool_call(&body) {
+                    Some(call) => Segment::ToolCall(call),
+                    None => Segment::Answer(format!("{TOOL_OPEN}{body}{TOOL_CLOSE}")),
+                });
+                State::Answer
+            }
+            _ => State::Answer,
+        };
+    }
+
+    fn emit(&mut self, out: &mut Vec<Segment>, text: String) {
         if text.is_empty() {
             return;
         }
-        out.push(if self.in_reasoning {
-            Segment::Reasoning(text)
-        } else {
-            Segment::Answer(text)
-        });
+        match self.state {
+            State::Answer => out.push(Segment::Answer(text)),
+            State::Reasoning => out.push(Segment::Reasoning(text)),
+            State::ToolCall => self.tool_call.push_str(&text),
+        }
     }
 }
 
@@ -85,7 +139,7 @@ fn longest_tag_prefix_suffix(text: &str, tag: &str) -> usize {
 
 /// True when a rendered prompt leaves the model inside an open `<think>` block.
 pub fn prompt_opens_thinking(prompt: &str) -> bool {
-    match (prompt.rfind(OPEN), prompt.rfind(CLOSE)) {
+    match (prompt.rfind(THINK_OPEN), prompt.rfind(THINK_CLOSE)) {
         (Some(open), Some(close)) => open > close,
         (Some(_), None) => true,
         _ => false,
@@ -96,48 +150,78 @@ pub fn prompt_opens_thinking(prompt: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn split_all(pieces: &[&str], opened: bool) -> (String, String) {
+    fn split_all(pieces: &[&str], opened: bool) -> Vec<Segment> {
         let mut splitter = ThinkingSplitter::new(opened);
-        let mut segments = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
         for p in pieces {
             segments.extend(splitter.push(p));
         }
         segments.extend(splitter.finish());
-        let mut reasoning = String::new();
-        let mut answer = String::new();
+        // Merge neighbouring text of one kind, so cuts do not matter.
+        let mut merged: Vec<Segment> = Vec::new();
         for s in segments {
-            match s {
-                Segment::Reasoning(t) => reasoning.push_str(&t),
-                Segment::Answer(t) => answer.push_str(&t),
+            match (merged.last_mut(), s) {
+                (Some(Segment::Answer(a)), Segment::Answer(b)) => a.push_str(&b),
+                (Some(Segment::Reasoning(a)), Segment::Reasoning(b)) => a.push_str(&b),
+                (_, s) => merged.push(s),
             }
         }
-        (reasoning, answer)
+        merged
+    }
+
+    /// Every way of cutting `stream` into three pieces gives the same segments.
+    fn assert_cut_invariant(stream: &str, opened: bool, expected: &[Segment]) {
+        let bounds: Vec<usize> = (0..=stream.len()).filter(|&i| stream.is_char_boundary(i)).collect();
+        for &a in &bounds {
+            for &b in bounds.iter().filter(|&&b| b >= a) {
+                let pieces = [&stream[..a], &stream[a..b], &stream[b..]];
+                assert_eq!(split_all(&pieces, opened), expected, "cuts {a},{b}");
+            }
+        }
     }
 
     #[test]
-    fn every_byte_boundary_gives_the_same_split() {
-        let stream = "<think>Let me see: 2+2 is 4 — 对。</think>The answer is 4 <thin";
-        for cut in 0..=stream.len() {
-            if !stream.is_char_boundary(cut) {
-                continue;
-            }
-            for cut2 in cut..=stream.len() {
-                if !stream.is_char_boundary(cut2) {
-                    continue;
-                }
-                let pieces = [&stream[..cut], &stream[cut..cut2], &stream[cut2..]];
-                let (reasoning, answer) = split_all(&pieces, false);
-                assert_eq!(reasoning, "Let me see: 2+2 is 4 — 对。", "cuts {cut},{cut2}");
-                assert_eq!(answer, "The answer is 4 <thin", "cuts {cut},{cut2}");
-            }
-        }
+    fn reasoning_and_answer_at_every_byte_boundary() {
+        assert_cut_invariant(
+            "<think>Let me see: 2+2 is 4 — 对。</think>The answer is 4 <thin",
+            false,
+            &[
+                Segment::Reasoning("Let me see: 2+2 is 4 — 对。".into()),
+                Segment::Answer("The answer is 4 <thin".into()),
+            ],
+        );
+    }
+
+    #[test]
+    fn tool_calls_at_every_byte_boundary() {
+        let call = ToolCall {
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "北京", "days": 3}),
+        };
+        assert_cut_invariant(
+            "<think>need weather</think>Checking.<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>北京</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
+            false,
+            &[
+                Segment::Reasoning("need weather".into()),
+                Segment::Answer("Checking.".into()),
+                Segment::ToolCall(call),
+            ],
+        );
     }
 
     #[test]
     fn prompt_opened_thinking_starts_in_reasoning() {
-        let (reasoning, answer) = split_all(&["hmm", "</th", "ink>\nok"], true);
-        assert_eq!(reasoning, "hmm");
-        assert_eq!(answer, "\nok");
+        let segments = split_all(&["hmm", "</th", "ink>\nok"], true);
+        assert_eq!(
+            segments,
+            vec![Segment::Reasoning("hmm".into()), Segment::Answer("\nok".into())]
+        );
+    }
+
+    #[test]
+    fn unfinished_tool_call_is_shown_as_text() {
+        let segments = split_all(&["<tool_call>get_wea"], false);
+        assert_eq!(segments, vec![Segment::Answer("<tool_call>get_wea".into())]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod logits;
 pub mod presets;
 pub mod quantize;
+pub mod reply;
 pub mod run;
 pub mod tokenize;
 

@@ -116,7 +116,10 @@ impl CacheType {
 
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {
+    /// Prompt tokens evaluated for this reply (those already in the KV cache are not).
     pub prompt_tokens: usize,
+    /// Prompt tokens reused from the KV cache of earlier turns.
+    pub reused_tokens: usize,
     pub prompt_time: Duration,
     pub generated_tokens: usize,
     pub generation_time: Duration,
@@ -258,64 +261,23 @@ impl Engine {
         max_tokens: usize,
         sampling: &Sampling,
         options: &ContextOptions,
-        mut on_text: impl FnMut(&str) -> bool,
+        on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationStats> {
-        if prompt.is_empty() {
-            bail!("the prompt is empty");
-        }
-        let prompt = self.check_tokens(prompt)?;
-        let mut ctx = self.context(options, prompt.len() + max_tokens)?;
-        let mut stats = GenerationStats {
-            prompt_tokens: prompt.len(),
-            ..Default::default()
+        let ctx_size = ContextOptions {
+            ctx_size: options.ctx_size.max((prompt.len() + max_tokens) as u32),
+            ..options.clone()
         };
-        let started = Instant::now();
-        let n_batch = ctx.n_batch() as usize;
-        let mut batch = LlamaBatch::new(n_batch.max(1), 1);
-        for (chunk_index, chunk) in prompt.chunks(n_batch).enumerate() {
-            batch.clear();
-            for (i, token) in chunk.iter().enumerate() {
-                let pos = chunk_index * n_batch + i;
-                batch.add(*token, pos as i32, &[0], pos + 1 == prompt.len())?;
-            }
-            ctx.decode(&mut batch)
-                .context("llama.cpp failed to evaluate the prompt")?;
-        }
-        stats.prompt_time = started.elapsed();
+        let mut session = ChatSession::new(self, &ctx_size)?;
+        session.respond(prompt, max_tokens, sampling, on_text)
+    }
 
-        let mut sampler = self.sampler(sampling);
-        sampler.accept_many(prompt.iter());
-        let mut decoder = encoding_rs::UTF_8.new_decoder();
-        let mut piece = Vec::new();
-        let mut text = String::new();
-        let mut position = prompt.len();
-        let started = Instant::now();
-        while stats.generated_tokens < max_tokens {
-            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
-            if self.is_end_of_turn(token) {
-                stats.stopped_at_end_of_turn = true;
-                break;
-            }
-            stats.generated_tokens += 1;
-            piece.clear();
-            let show_special = self.visible_tags.contains(&token);
-            self.model
-                .vocab()
-                .token_to_piece_into(token, &mut piece, show_special, None);
-            text.clear();
-            text.reserve(piece.len() + 4);
-            let _ = decoder.decode_to_string(&piece, &mut text, false);
-            if !text.is_empty() && !on_text(&text) {
-                break;
-            }
-            batch.clear();
-            batch.add(token, position as i32, &[0], true)?;
-            position += 1;
-            ctx.decode(&mut batch)
-                .context("llama.cpp failed to evaluate a generated token")?;
-        }
-        stats.generation_time = started.elapsed();
-        Ok(stats)
+    /// Text of one generated token; the reasoning tags stay visible for the chat layer.
+    fn piece(&self, token: LlamaToken, buffer: &mut Vec<u8>) {
+        buffer.clear();
+        let show_special = self.visible_tags.contains(&token);
+        self.model
+            .vocab()
+            .token_to_piece_into(token, buffer, show_special, None);
     }
 
     /// Greedy token ids, for parity tests against reference continuations.
@@ -368,4 +330,120 @@ impl Engine {
         }
         LlamaSampler::chain_simple(chain)
     }
+}
+
+/// A context that lives across turns: each reply evaluates only the part of the new
+/// prompt that differs from what the KV cache already holds.
+pub struct ChatSession<'m> {
+    engine: &'m Engine,
+    ctx: LlamaContext<'m>,
+    /// Tokens whose keys and values are in the cache, in position order.
+    cached: Vec<LlamaToken>,
+}
+
+impl<'m> ChatSession<'m> {
+    pub fn new(engine: &'m Engine, options: &ContextOptions) -> Result<Self> {
+        Ok(Self {
+            engine,
+            ctx: engine.context(options, 0)?,
+            cached: Vec::new(),
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.ctx.n_ctx() as usize
+    }
+
+    /// Forgets the cache (a new conversation).
+    pub fn clear(&mut self) {
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+    }
+
+    /// Evaluates `prompt` (reusing the cached prefix) and generates the reply.
+    pub fn respond(
+        &mut self,
+        prompt: &[i32],
+        max_tokens: usize,
+        sampling: &Sampling,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        let prompt = self.engine.check_tokens(prompt)?;
+        if prompt.len() >= self.n_ctx() {
+            bail!(
+                "the prompt has {} tokens; the context holds {}",
+                prompt.len(),
+                self.n_ctx()
+            );
+        }
+        // At least the last prompt token is evaluated again, to get fresh logits.
+        let reused = common_prefix(&self.cached, &prompt).min(prompt.len() - 1);
+        self.forget_from(reused)?;
+        let started = Instant::now();
+        let n_batch = self.ctx.n_batch() as usize;
+        let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+        for chunk in prompt[reused..].chunks(n_batch) {
+            batch.clear();
+            for token in chunk {
+                let pos = self.cached.len();
+                batch.add(*token, pos as i32, &[0], pos + 1 == prompt.len())?;
+                self.cached.push(*token);
+            }
+            self.ctx
+                .decode(&mut batch)
+                .context("llama.cpp failed to evaluate the prompt")?;
+        }
+        let mut stats = GenerationStats {
+            prompt_tokens: prompt.len() - reused,
+            reused_tokens: reused,
+            prompt_time: started.elapsed(),
+            ..Default::default()
+        };
+
+        let mut sampler = self.engine.sampler(sampling);
+        sampler.accept_many(prompt.iter());
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let (mut piece, mut text) = (Vec::new(), String::new());
+        let started = Instant::now();
+        while stats.generated_tokens < max_tokens && self.cached.len() < self.n_ctx() {
+            let token = sampler.sample(&self.ctx, batch.n_tokens() - 1);
+            if self.engine.is_end_of_turn(token) {
+                stats.stopped_at_end_of_turn = true;
+                break;
+            }
+            stats.generated_tokens += 1;
+            self.engine.piece(token, &mut piece);
+            text.clear();
+            text.reserve(piece.len() + 4);
+            let _ = decoder.decode_to_string(&piece, &mut text, false);
+            batch.clear();
+            batch.add(token, self.cached.len() as i32, &[0], true)?;
+            self.cached.push(token);
+            self.ctx
+                .decode(&mut batch)
+                .context("llama.cpp failed to evaluate a generated token")?;
+            if !text.is_empty() && !on_text(&text) {
+                break;
+            }
+        }
+        stats.generation_time = started.elapsed();
+        Ok(stats)
+    }
+
+    fn forget_from(&mut self, position: usize) -> Result<()> {
+        if position < self.cached.len() {
+            self.ctx
+                .clear_kv_cache_seq(Some(0), Some(position as u32), None)
+                .map_err(|e| anyhow!("cannot trim the KV cache: {e}"))?;
+            self.cached.truncate(position);
+        }
+        Ok(())
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
