@@ -25,6 +25,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Generate an answer to one prompt.
     Run(RunArgs),
+    /// Chat interactively (or answer one line per turn when stdin is not a terminal).
+    Chat(ChatArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect(InspectArgs),
     /// Print the token ids of a text as a JSON list.
@@ -109,6 +111,10 @@ pub struct PromptArgs {
     /// Ask thinking models to answer directly (`enable_thinking=false`).
     #[arg(long = "no-think", overrides_with = "think")]
     pub no_think: bool,
+    /// OpenAI-style tool definitions (a JSON list) for the template; calls the model
+    /// makes are printed as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub tools: Option<PathBuf>,
 }
 
 impl PromptArgs {
@@ -130,6 +136,13 @@ pub struct RunArgs {
     /// The prompt; `-` reads it from standard input.
     #[arg(short, long)]
     pub prompt: String,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// Sampling and output of generated text (shared by `run` and `chat`).
+#[derive(Debug, Clone, Args)]
+pub struct GenerationArgs {
     /// Sampling temperature; 0 picks the most likely token every time.
     #[arg(long, default_value_t = 0.8)]
     pub temp: f32,
@@ -158,6 +171,16 @@ pub struct RunArgs {
     /// stderr, dimmed on a terminal, and only the answer goes to stdout.
     #[arg(long = "hide-reasoning")]
     pub hide_reasoning: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt_format: PromptArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +225,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(args) => commands::convert::run(&args),
         Command::Run(args) => commands::run::run(&args),
+        Command::Chat(args) => commands::chat::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Tokenize(args) => commands::tokenize::run(&args),
         Command::Logits(args) => commands::logits::run(&args),

@@ -1,5 +1,6 @@
 //! One module per subcommand; `cli` parses and calls `run` here.
 
+pub mod chat;
 pub mod convert;
 pub mod inspect;
 pub mod logits;
@@ -15,8 +16,73 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::chat::{ChatTemplate, RenderOptions};
-use crate::cli::{ModelArgs, PromptArgs};
-use crate::engine::{ContextOptions, Engine, LoadOptions};
+use crate::cli::{GenerationArgs, ModelArgs, PromptArgs};
+use crate::engine::{ContextOptions, Engine, LoadOptions, Sampling};
+
+pub fn sampling(args: &GenerationArgs) -> Sampling {
+    Sampling {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed: args.seed.unwrap_or_else(fresh_seed),
+    }
+}
+
+fn fresh_seed() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+}
+
+/// Tool definitions from `--tools`, checked to be a JSON list.
+pub fn tool_definitions(format: &PromptArgs) -> Result<Option<serde_json::Value>> {
+    let Some(path) = &format.tools else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let tools: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    if !tools.is_array() {
+        anyhow::bail!("{}: expected a JSON list of tool definitions", path.display());
+    }
+    Ok(Some(tools))
+}
+
+/// The template variables every render passes: thinking switch, BOS/EOS texts, tools.
+pub fn render_options(engine: &Engine, format: &PromptArgs, enable_thinking: Option<bool>) -> Result<RenderOptions> {
+    let mut options = RenderOptions {
+        add_generation_prompt: true,
+        tools: tool_definitions(format)?,
+        ..Default::default()
+    };
+    if let Some(thinking) = enable_thinking {
+        options.extra.insert("enable_thinking".into(), thinking.into());
+    }
+    for (variable, key) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+    ] {
+        if let Some(text) = engine
+            .metadata(key)
+            .and_then(|id| id.parse().ok())
+            .and_then(|id| engine.token_text(id))
+        {
+            options.extra.insert(variable.into(), text.into());
+        }
+    }
+    Ok(options)
+}
+
+/// The model's chat template, compiled.
+pub fn chat_template(engine: &Engine) -> Result<ChatTemplate> {
+    let source = engine
+        .chat_template()
+        .context("the model has no chat template; use --raw to send the text as is")?;
+    Ok(ChatTemplate::new(&source)?)
+}
 
 /// `-` means standard input.
 pub fn text_argument(text: &str) -> Result<String> {
@@ -55,33 +121,12 @@ pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str) -> Res
     if format.raw {
         return Ok(user_text.to_owned());
     }
-    let source = engine
-        .chat_template()
-        .context("the model has no chat template; use --raw to send the text as is")?;
-    let template = ChatTemplate::new(&source)?;
+    let template = chat_template(engine)?;
     let mut messages = Vec::new();
     if let Some(system) = &format.system {
         messages.push(json!({"role": "system", "content": system}));
     }
     messages.push(json!({"role": "user", "content": user_text}));
-    let mut options = RenderOptions {
-        add_generation_prompt: true,
-        ..Default::default()
-    };
-    if let Some(thinking) = format.enable_thinking() {
-        options.extra.insert("enable_thinking".into(), thinking.into());
-    }
-    for (variable, key) in [
-        ("bos_token", "tokenizer.ggml.bos_token_id"),
-        ("eos_token", "tokenizer.ggml.eos_token_id"),
-    ] {
-        if let Some(text) = engine
-            .metadata(key)
-            .and_then(|id| id.parse().ok())
-            .and_then(|id| engine.token_text(id))
-        {
-            options.extra.insert(variable.into(), text.into());
-        }
-    }
+    let options = render_options(engine, format, format.enable_thinking())?;
     Ok(template.render(&messages, &options)?)
 }

@@ -3,34 +3,29 @@ use anyhow::Result;
 use super::reply::ReplyPrinter;
 use crate::chat::prompt_opens_thinking;
 use crate::cli::RunArgs;
-use crate::engine::Sampling;
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let user_text = super::text_argument(&args.prompt)?;
     let engine = super::load_engine(&args.model)?;
     let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text)?;
     let tokens = engine.tokenize(&prompt);
-    let sampling = Sampling {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed: args.seed.unwrap_or_else(rand_seed),
-    };
-    let mut output = ReplyPrinter::new(prompt_opens_thinking(&prompt), !args.hide_reasoning);
+    let sampling = super::sampling(&args.generation);
+    let mut output = ReplyPrinter::new(prompt_opens_thinking(&prompt), !args.generation.hide_reasoning);
     let mut write_failed = None;
     let context = super::context_options(&args.model);
-    let stats = engine.generate(&tokens, args.max_tokens, &sampling, &context, |text| {
-        match output.push(text) {
+    let stats = engine.generate(
+        &tokens,
+        args.generation.max_tokens,
+        &sampling,
+        &context,
+        |text| match output.push(text) {
             Ok(()) => true,
             Err(e) => {
                 write_failed = Some(e);
                 false
             }
-        }
-    })?;
+        },
+    )?;
     let finished = output.finish();
     if let Some(e) = write_failed.or(finished.err()) {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -46,10 +41,4 @@ pub fn run(args: &RunArgs) -> Result<()> {
         rate(stats.generated_tokens, stats.generation_time)
     );
     Ok(())
-}
-
-fn rand_seed() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
 }

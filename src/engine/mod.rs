@@ -339,6 +339,9 @@ pub struct ChatSession<'m> {
     ctx: LlamaContext<'m>,
     /// Tokens whose keys and values are in the cache, in position order.
     cached: Vec<LlamaToken>,
+    /// The text those tokens stand for, and where each token's text ends in it.
+    cached_text: Vec<u8>,
+    token_ends: Vec<usize>,
 }
 
 impl<'m> ChatSession<'m> {
@@ -347,6 +350,8 @@ impl<'m> ChatSession<'m> {
             engine,
             ctx: engine.context(options, 0)?,
             cached: Vec::new(),
+            cached_text: Vec::new(),
+            token_ends: Vec::new(),
         })
     }
 
@@ -358,6 +363,36 @@ impl<'m> ChatSession<'m> {
     pub fn clear(&mut self) {
         self.ctx.clear_kv_cache();
         self.cached.clear();
+        self.cached_text.clear();
+        self.token_ends.clear();
+    }
+
+    /// Tokens for a rendered conversation that reuse the cached tokens wherever the text
+    /// is the same. Re-tokenizing the whole text would not give back the tokens the model
+    /// generated (tokenization is not unique), and every turn would then re-evaluate the
+    /// previous answer.
+    pub fn tokens_for(&self, prompt: &str) -> Vec<i32> {
+        let same = self
+            .cached_text
+            .iter()
+            .zip(prompt.as_bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let keep = self.token_ends.iter().take_while(|&&end| end <= same).count();
+        let boundary = if keep == 0 { 0 } else { self.token_ends[keep - 1] };
+        let rest = match prompt.get(boundary..) {
+            Some(rest) => rest,
+            None => return self.engine.tokenize(prompt),
+        };
+        let mut tokens: Vec<i32> = self.cached[..keep].iter().map(|t| t.0).collect();
+        tokens.extend(self.engine.tokenize(rest));
+        tokens
+    }
+
+    fn remember(&mut self, token: LlamaToken, text: &[u8]) {
+        self.cached.push(token);
+        self.cached_text.extend_from_slice(text);
+        self.token_ends.push(self.cached_text.len());
     }
 
     /// Evaluates `prompt` (reusing the cached prefix) and generates the reply.
@@ -385,12 +420,18 @@ impl<'m> ChatSession<'m> {
         let started = Instant::now();
         let n_batch = self.ctx.n_batch() as usize;
         let mut batch = LlamaBatch::new(n_batch.max(1), 1);
+        let mut piece = Vec::new();
         for chunk in prompt[reused..].chunks(n_batch) {
             batch.clear();
             for token in chunk {
                 let pos = self.cached.len();
                 batch.add(*token, pos as i32, &[0], pos + 1 == prompt.len())?;
-                self.cached.push(*token);
+                piece.clear();
+                self.engine
+                    .model
+                    .vocab()
+                    .token_to_piece_into(*token, &mut piece, true, None);
+                self.remember(*token, &piece);
             }
             self.ctx
                 .decode(&mut batch)
@@ -406,7 +447,7 @@ impl<'m> ChatSession<'m> {
         let mut sampler = self.engine.sampler(sampling);
         sampler.accept_many(prompt.iter());
         let mut decoder = encoding_rs::UTF_8.new_decoder();
-        let (mut piece, mut text) = (Vec::new(), String::new());
+        let mut text = String::new();
         let started = Instant::now();
         while stats.generated_tokens < max_tokens && self.cached.len() < self.n_ctx() {
             let token = sampler.sample(&self.ctx, batch.n_tokens() - 1);
@@ -439,6 +480,8 @@ impl<'m> ChatSession<'m> {
                 .clear_kv_cache_seq(Some(0), Some(position as u32), None)
                 .map_err(|e| anyhow!("cannot trim the KV cache: {e}"))?;
             self.cached.truncate(position);
+            self.token_ends.truncate(position);
+            self.cached_text.truncate(self.token_ends.last().copied().unwrap_or(0));
         }
         Ok(())
     }

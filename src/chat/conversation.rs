@@ -1,0 +1,192 @@
+//! A conversation in the OpenAI messages shape (what chat templates and other tools
+//! read): an optional system prompt, then user, assistant and tool messages.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::ToolCall;
+
+#[derive(Debug, Default, Clone)]
+pub struct Conversation {
+    pub system: Option<String>,
+    /// Every message after the system prompt.
+    turns: Vec<Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+impl Conversation {
+    pub fn new(system: Option<String>) -> Self {
+        Self {
+            system,
+            turns: Vec::new(),
+        }
+    }
+
+    /// All messages, system prompt first, as the template wants them.
+    pub fn messages(&self) -> Vec<Value> {
+        let system = self.system.iter().map(|s| json!({"role": "system", "content": s}));
+        system.chain(self.turns.iter().cloned()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.turns.len()
+    }
+
+    pub fn push_user(&mut self, text: &str) {
+        self.turns.push(json!({"role": "user", "content": text}));
+    }
+
+    /// The assistant's reply with its reasoning kept apart (`reasoning_content`), so the
+    /// template decides whether past reasoning is shown again.
+    pub fn push_assistant(&mut self, content: &str, reasoning: &str, tool_calls: &[ToolCall]) {
+        let mut message = json!({"role": "assistant", "content": content});
+        if !reasoning.trim().is_empty() {
+            message["reasoning_content"] = reasoning.trim().into();
+        }
+        if !tool_calls.is_empty() {
+            message["tool_calls"] = tool_calls.iter().map(ToolCall::to_openai).collect();
+        }
+        self.turns.push(message);
+    }
+
+    /// A tool's result, as a JSON value or text.
+    pub fn push_tool_result(&mut self, result: &str) {
+        let content = match serde_json::from_str::<Value>(result) {
+            Ok(Value::String(s)) => s,
+            Ok(other) => other.to_string(),
+            Err(_) => result.to_owned(),
+        };
+        self.turns.push(json!({"role": "tool", "content": content}));
+    }
+
+    /// Removes the last reply (for `/regen`); true when there was one.
+    pub fn pop_reply(&mut self) -> bool {
+        let mut removed = false;
+        while self.turns.last().is_some_and(|m| m["role"] == "assistant") {
+            self.turns.pop();
+            removed = true;
+        }
+        removed
+    }
+
+    /// Drops the oldest exchange (a user message and what answered it); the system
+    /// prompt is never dropped. Returns how many messages went.
+    pub fn drop_oldest_exchange(&mut self) -> usize {
+        if self.turns.is_empty() {
+            return 0;
+        }
+        let next_user = self
+            .turns
+            .iter()
+            .skip(1)
+            .position(|m| m["role"] == "user")
+            .map_or(self.turns.len(), |i| i + 1);
+        // Keep at least the last user message.
+        let n = next_user.min(self.turns.len().saturating_sub(1));
+        self.turns.drain(..n);
+        n
+    }
+
+    pub fn clear(&mut self) {
+        self.turns.clear();
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ConversationError> {
+        let text = serde_json::to_string_pretty(&self.messages()).map_err(|e| file_error(path, e))?;
+        std::fs::write(path, text + "\n").map_err(|e| file_error(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConversationError> {
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
+        let Value::Array(messages) = value else {
+            return Err(file_error(path, "expected a JSON list of messages"));
+        };
+        let mut conversation = Conversation::default();
+        for message in messages {
+            match message["role"].as_str() {
+                Some("system") => conversation.system = message["content"].as_str().map(str::to_owned),
+                Some("user" | "assistant" | "tool") => conversation.turns.push(message),
+                _ => return Err(file_error(path, format!("message without a known role: {message}"))),
+            }
+        }
+        Ok(conversation)
+    }
+}
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> ConversationError {
+    ConversationError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Conversation {
+        let mut c = Conversation::new(Some("Be brief.".into()));
+        c.push_user("one");
+        c.push_assistant("1", "counting", &[]);
+        c.push_user("two");
+        c.push_assistant("2", "", &[]);
+        c
+    }
+
+    #[test]
+    fn messages_start_with_the_system_prompt() {
+        let m = sample().messages();
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0]["role"], "system");
+        assert_eq!(m[2]["reasoning_content"], "counting");
+        assert!(m[4].get("reasoning_content").is_none());
+    }
+
+    #[test]
+    fn dropping_keeps_the_system_prompt_and_the_last_question() {
+        let mut c = sample();
+        assert_eq!(c.drop_oldest_exchange(), 2);
+        assert_eq!(c.messages()[1]["content"], "two");
+        c.pop_reply();
+        assert_eq!(c.drop_oldest_exchange(), 0, "the last user message stays");
+        assert_eq!(c.messages()[0]["role"], "system");
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let mut c = sample();
+        c.push_assistant(
+            "",
+            "",
+            &[ToolCall {
+                name: "f".into(),
+                arguments: json!({"x": 1}),
+            }],
+        );
+        c.push_tool_result("{\"ok\": true}");
+        c.save(&path).unwrap();
+        let loaded = Conversation::load(&path).unwrap();
+        assert_eq!(loaded.messages(), c.messages());
+    }
+
+    #[test]
+    fn regen_removes_the_reply() {
+        let mut c = sample();
+        assert!(c.pop_reply());
+        assert_eq!(c.messages().last().unwrap()["role"], "user");
+        assert!(!c.pop_reply());
+    }
+}

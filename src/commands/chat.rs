@@ -1,0 +1,439 @@
+//! `glm chat`: the interactive REPL (rustyline: history, editing, completion), and the
+//! plain line-per-turn mode used when stdin is not a terminal.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rustyline::completion::{Completer, FilenameCompleter, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::FileHistory;
+use rustyline::validate::Validator;
+use rustyline::{Editor, Helper};
+
+use super::reply::{Reply, ReplyPrinter};
+use crate::chat::{prompt_opens_thinking, ChatTemplate, Conversation, RenderOptions};
+use crate::cli::{ChatArgs, GenerationArgs};
+use crate::engine::{ChatSession, GenerationStats, Sampling};
+
+/// Set by Ctrl-C while an answer is being generated.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+const HELP: &str = "\
+/help                 this help
+/exit                 leave (or Ctrl-D)
+/clear                start a new conversation (keeps the system prompt)
+/system <text>        set the system prompt (empty text removes it)
+/think on|off         let thinking models reason first, or answer directly
+/reasoning show|hide  show the model's reasoning, or hide it
+/regen                answer the last message again
+/save <file>          write the conversation as JSON (OpenAI messages)
+/load <file>          read a conversation saved by /save
+/tool <json>          give the result of the model's tool call and let it go on
+/set <param> <value>  temp, top-k, top-p, min-p, repeat-penalty, repeat-last-n, seed, max-tokens
+/stats                tokens and speed of the last answer
+Multi-line input: end a line with \\ to continue it, or wrap text in \"\"\" … \"\"\".";
+
+const COMMANDS: [&str; 13] = [
+    "/help",
+    "/exit",
+    "/clear",
+    "/system",
+    "/think",
+    "/reasoning",
+    "/regen",
+    "/save",
+    "/load",
+    "/tool",
+    "/set",
+    "/stats",
+    "/quit",
+];
+
+/// Everything one chat keeps between turns.
+struct ChatState<'e> {
+    session: ChatSession<'e>,
+    template: ChatTemplate,
+    render: RenderOptions,
+    conversation: Conversation,
+    generation: GenerationArgs,
+    sampling: Sampling,
+    show_reasoning: bool,
+    last: Option<GenerationStats>,
+    /// Plain output for scripts: no notices on stdout.
+    interactive: bool,
+}
+
+pub fn run(args: &ChatArgs) -> Result<()> {
+    let engine = super::load_engine(&args.model)?;
+    let template = super::chat_template(&engine)?;
+    let render = super::render_options(&engine, &args.prompt_format, args.prompt_format.enable_thinking())?;
+    let session = ChatSession::new(&engine, &super::context_options(&args.model))?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut state = ChatState {
+        session,
+        template,
+        render,
+        conversation: Conversation::new(args.prompt_format.system.clone()),
+        sampling: super::sampling(&args.generation),
+        generation: args.generation.clone(),
+        show_reasoning: !args.generation.hide_reasoning,
+        last: None,
+        interactive,
+    };
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    if interactive {
+        repl(&mut state)
+    } else {
+        scripted(&mut state)
+    }
+}
+
+/// One turn per line (or per `"""` block) from stdin; answers printed plainly.
+fn scripted(state: &mut ChatState) -> Result<()> {
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    while let Some(line) = lines.next() {
+        let line = line.context("reading standard input")?;
+        let text = match line.trim_start().strip_prefix("\"\"\"") {
+            Some(first) => read_block(first, || lines.next().transpose().ok().flatten())?,
+            None => line,
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        if let Some(command) = text.trim().strip_prefix('/') {
+            if !command_line(state, command)? {
+                break;
+            }
+            continue;
+        }
+        state.conversation.push_user(&text);
+        answer(state)?;
+    }
+    Ok(())
+}
+
+fn repl(state: &mut ChatState) -> Result<()> {
+    let mut editor: Editor<ReplHelper, FileHistory> = Editor::new().context("starting the line editor")?;
+    editor.set_helper(Some(ReplHelper {
+        files: FilenameCompleter::new(),
+    }));
+    let history = history_file();
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    eprintln!("glm chat — /help for commands, Ctrl-D to leave.");
+    loop {
+        let text = match read_message(&mut editor) {
+            Ok(Some(text)) => text,
+            Ok(None) => break,
+            Err(ReadlineError::Interrupted) => {
+                eprintln!("(Ctrl-C: type /exit or press Ctrl-D to leave)");
+                continue;
+            }
+            Err(e) => return Err(e).context("reading input"),
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(text.as_str());
+        if let Some(path) = &history {
+            let _ = editor.save_history(path);
+        }
+        if let Some(command) = text.trim().strip_prefix('/') {
+            match command_line(state, command) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    continue;
+                }
+            }
+        }
+        state.conversation.push_user(&text);
+        if let Err(e) = answer(state) {
+            eprintln!("error: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads one message: a line, a line continued with `\`, or a `"""` block.
+fn read_message(editor: &mut Editor<ReplHelper, FileHistory>) -> Result<Option<String>, ReadlineError> {
+    let first = match editor.readline("» ") {
+        Ok(line) => line,
+        Err(ReadlineError::Eof) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
+        let mut next = || editor.readline("… ").ok();
+        return Ok(Some(read_block(rest, &mut next).unwrap_or_default()));
+    }
+    let mut text = first;
+    while text.ends_with('\\') {
+        text.pop();
+        text.push('\n');
+        match editor.readline("… ") {
+            Ok(line) => text.push_str(&line),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(text))
+}
+
+/// The rest of a `"""` block whose first line (after the quotes) is `first`.
+fn read_block(first: &str, mut next_line: impl FnMut() -> Option<String>) -> Result<String> {
+    if let Some(body) = first.strip_suffix("\"\"\"") {
+        return Ok(body.to_owned());
+    }
+    let mut lines = vec![first.to_owned()];
+    loop {
+        let Some(line) = next_line() else {
+            bail!("input ended inside a \"\"\" block");
+        };
+        if let Some(last) = line.strip_suffix("\"\"\"") {
+            lines.push(last.to_owned());
+            break;
+        }
+        lines.push(line);
+    }
+    Ok(lines.join("\n").trim_matches('\n').to_owned())
+}
+
+/// Runs a slash command; false means leave.
+fn command_line(state: &mut ChatState, command: &str) -> Result<bool> {
+    let (name, argument) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
+    let argument = argument.trim();
+    match name {
+        "exit" | "quit" => return Ok(false),
+        "help" => eprintln!("{HELP}"),
+        "clear" => {
+            state.conversation.clear();
+            state.session.clear();
+            notice(state, "(new conversation)");
+        }
+        "system" => {
+            state.conversation.system = (!argument.is_empty()).then(|| argument.to_owned());
+            notice(state, "(system prompt set)");
+        }
+        "think" => {
+            let on = on_off(argument, "/think on|off")?;
+            state.render.extra.insert("enable_thinking".into(), on.into());
+            notice(state, if on { "(thinking on)" } else { "(thinking off)" });
+        }
+        "reasoning" => {
+            state.show_reasoning = match argument {
+                "show" => true,
+                "hide" => false,
+                _ => bail!("usage: /reasoning show|hide"),
+            };
+        }
+        "regen" => {
+            if !state.conversation.pop_reply() {
+                bail!("nothing to answer again");
+            }
+            answer(state)?;
+        }
+        "save" => {
+            let path = path_argument(argument, "/save <file>")?;
+            state.conversation.save(&path)?;
+            notice(
+                state,
+                &format!(
+                    "(saved {} messages to {})",
+                    state.conversation.messages().len(),
+                    path.display()
+                ),
+            );
+        }
+        "load" => {
+            let path = path_argument(argument, "/load <file>")?;
+            state.conversation = Conversation::load(&path)?;
+            notice(
+                state,
+                &format!(
+                    "(loaded {} messages from {})",
+                    state.conversation.messages().len(),
+                    path.display()
+                ),
+            );
+        }
+        "tool" => {
+            if argument.is_empty() {
+                bail!("usage: /tool <result as JSON or text>");
+            }
+            state.conversation.push_tool_result(argument);
+            answer(state)?;
+        }
+        "set" => set_parameter(state, argument)?,
+        "stats" => stats(state),
+        other => bail!("unknown command /{other} (try /help)"),
+    }
+    Ok(true)
+}
+
+fn on_off(argument: &str, usage: &str) -> Result<bool> {
+    match argument {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => bail!("usage: {usage}"),
+    }
+}
+
+fn path_argument(argument: &str, usage: &str) -> Result<PathBuf> {
+    if argument.is_empty() {
+        bail!("usage: {usage}");
+    }
+    Ok(PathBuf::from(argument))
+}
+
+fn set_parameter(state: &mut ChatState, argument: &str) -> Result<()> {
+    let (name, value) = argument
+        .split_once(char::is_whitespace)
+        .context("usage: /set <param> <value>")?;
+    let value = value.trim();
+    let number = || {
+        value
+            .parse::<f32>()
+            .with_context(|| format!("{value:?} is not a number"))
+    };
+    let s = &mut state.sampling;
+    match name {
+        "temp" | "temperature" => s.temperature = number()?,
+        "top-k" => s.top_k = number()? as i32,
+        "top-p" => s.top_p = number()?,
+        "min-p" => s.min_p = number()?,
+        "repeat-penalty" => s.repeat_penalty = number()?,
+        "repeat-last-n" => s.repeat_last_n = number()? as i32,
+        "seed" => s.seed = value.parse().with_context(|| format!("{value:?} is not a seed"))?,
+        "max-tokens" => {
+            state.generation.max_tokens = value.parse().with_context(|| format!("{value:?} is not a count"))?
+        }
+        other => bail!(
+            "unknown parameter {other:?} (temp, top-k, top-p, min-p, repeat-penalty, repeat-last-n, seed, max-tokens)"
+        ),
+    }
+    notice(state, &format!("({name} = {value})"));
+    Ok(())
+}
+
+fn stats(state: &ChatState) {
+    let Some(s) = &state.last else {
+        eprintln!("(no answer yet)");
+        return;
+    };
+    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prompt: {} new tokens evaluated ({} reused from the cache), {:.1} tok/s\n\
+         answer: {} tokens, {:.1} tok/s\n\
+         context: {} messages",
+        s.prompt_tokens,
+        s.reused_tokens,
+        rate(s.prompt_tokens, s.prompt_time),
+        s.generated_tokens,
+        rate(s.generated_tokens, s.generation_time),
+        state.conversation.messages().len()
+    );
+}
+
+fn notice(state: &ChatState, text: &str) {
+    if state.interactive {
+        eprintln!("{text}");
+    }
+}
+
+/// Renders the conversation, makes room in the context if needed, and streams the reply.
+fn answer(state: &mut ChatState) -> Result<()> {
+    let (prompt, tokens) = loop {
+        let prompt = state.template.render(&state.conversation.messages(), &state.render)?;
+        let tokens = state.session.tokens_for(&prompt);
+        let room = state.generation.max_tokens.min(state.session.n_ctx() / 4);
+        if tokens.len() + room <= state.session.n_ctx() {
+            break (prompt, tokens);
+        }
+        let dropped = state.conversation.drop_oldest_exchange();
+        if dropped == 0 {
+            bail!(
+                "the message needs {} tokens but the context holds {}; raise --ctx-size",
+                tokens.len() + room,
+                state.session.n_ctx()
+            );
+        }
+        eprintln!("(context full: dropped the oldest {dropped} messages)");
+    };
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
+    let mut write_error = None;
+    let stats = state
+        .session
+        .respond(&tokens, state.generation.max_tokens, &state.sampling, |text| {
+            if let Err(e) = printer.push(text) {
+                write_error = Some(e);
+                return false;
+            }
+            !INTERRUPTED.load(Ordering::SeqCst)
+        })?;
+    let reply: Reply = printer.finish()?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    if INTERRUPTED.swap(false, Ordering::SeqCst) {
+        eprintln!("(interrupted)");
+    }
+    std::io::stdout().flush()?;
+    state
+        .conversation
+        .push_assistant(&reply.content, &reply.reasoning, &reply.tool_calls);
+    if !reply.tool_calls.is_empty() {
+        notice(state, "(give the result with /tool <json>)");
+    }
+    state.last = Some(stats);
+    Ok(())
+}
+
+/// `$GLM_HISTORY_FILE`, else `glm/history.txt` under the user's data directory.
+fn history_file() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("GLM_HISTORY_FILE") {
+        return Some(PathBuf::from(path));
+    }
+    let dir = dirs::data_dir()?.join("glm");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join("history.txt"))
+}
+
+/// Completes slash commands and, after them, file paths.
+struct ReplHelper {
+    files: FilenameCompleter,
+}
+
+impl Completer for ReplHelper {
+    type Candidate = Pair;
+
+    fn complete(&self, line: &str, pos: usize, ctx: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+        if line.starts_with('/') && !line[..pos].contains(' ') {
+            let matches = COMMANDS
+                .iter()
+                .filter(|c| c.starts_with(&line[..pos]))
+                .map(|c| Pair {
+                    display: (*c).to_owned(),
+                    replacement: format!("{c} "),
+                })
+                .collect();
+            return Ok((0, matches));
+        }
+        self.files.complete(line, pos, ctx)
+    }
+}
+
+impl Hinter for ReplHelper {
+    type Hint = String;
+}
+impl Highlighter for ReplHelper {}
+impl Validator for ReplHelper {}
+impl Helper for ReplHelper {}
