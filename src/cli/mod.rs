@@ -171,6 +171,9 @@ pub struct GenerationArgs {
     /// stderr, dimmed on a terminal, and only the answer goes to stdout.
     #[arg(long = "hide-reasoning")]
     pub hide_reasoning: bool,
+    /// Keep generating past end-of-turn tokens, up to --max-tokens (for benchmarks).
+    #[arg(long = "ignore-eos")]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Args)]

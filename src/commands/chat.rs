@@ -119,31 +119,19 @@ fn scripted(state: &mut ChatState) -> Result<()> {
 }
 
 fn repl(state: &mut ChatState) -> Result<()> {
-    let mut editor: Editor<ReplHelper, FileHistory> = Editor::new().context("starting the line editor")?;
-    editor.set_helper(Some(ReplHelper {
-        files: FilenameCompleter::new(),
-    }));
     let history = history_file();
-    if let Some(path) = &history {
-        let _ = editor.load_history(path);
-    }
     eprintln!("glm chat — /help for commands, Ctrl-D to leave.");
     loop {
-        let text = match read_message(&mut editor) {
-            Ok(Some(text)) => text,
-            Ok(None) => break,
-            Err(ReadlineError::Interrupted) => {
+        let text = match prompt_user(history.as_deref())? {
+            Prompted::Message(text) => text,
+            Prompted::Eof => break,
+            Prompted::Interrupted => {
                 eprintln!("(Ctrl-C: type /exit or press Ctrl-D to leave)");
                 continue;
             }
-            Err(e) => return Err(e).context("reading input"),
         };
         if text.trim().is_empty() {
             continue;
-        }
-        let _ = editor.add_history_entry(text.as_str());
-        if let Some(path) = &history {
-            let _ = editor.save_history(path);
         }
         if let Some(command) = text.trim().strip_prefix('/') {
             match command_line(state, command) {
@@ -161,6 +149,38 @@ fn repl(state: &mut ChatState) -> Result<()> {
         }
     }
     Ok(())
+}
+
+enum Prompted {
+    Message(String),
+    Eof,
+    Interrupted,
+}
+
+/// Reads one message with a fresh line editor. The editor owns the terminal's SIGINT
+/// handler while it exists, so it is dropped before the answer streams and Ctrl-C then
+/// reaches our handler and stops the answer.
+fn prompt_user(history: Option<&std::path::Path>) -> Result<Prompted> {
+    let mut editor: Editor<ReplHelper, FileHistory> = Editor::new().context("starting the line editor")?;
+    editor.set_helper(Some(ReplHelper {
+        files: FilenameCompleter::new(),
+    }));
+    if let Some(path) = history {
+        let _ = editor.load_history(path);
+    }
+    let text = match read_message(&mut editor) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(Prompted::Eof),
+        Err(ReadlineError::Interrupted) => return Ok(Prompted::Interrupted),
+        Err(e) => return Err(e).context("reading input"),
+    };
+    if !text.trim().is_empty() {
+        let _ = editor.add_history_entry(text.as_str());
+        if let Some(path) = history {
+            let _ = editor.save_history(path);
+        }
+    }
+    Ok(Prompted::Message(text))
 }
 
 /// Reads one message: a line, a line continued with `\`, or a `"""` block.
@@ -233,6 +253,14 @@ fn command_line(state: &mut ChatState, command: &str) -> Result<bool> {
                 "hide" => false,
                 _ => bail!("usage: /reasoning show|hide"),
             };
+            notice(
+                state,
+                if state.show_reasoning {
+                    "(reasoning shown)"
+                } else {
+                    "(reasoning hidden)"
+                },
+            );
         }
         "regen" => {
             if !state.conversation.pop_reply() {

@@ -28,6 +28,7 @@ pub fn sampling(args: &GenerationArgs) -> Sampling {
         repeat_penalty: args.repeat_penalty,
         repeat_last_n: args.repeat_last_n,
         seed: args.seed.unwrap_or_else(fresh_seed),
+        ignore_eos: args.ignore_eos,
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Sampling {
     pub repeat_penalty: f32,
     pub repeat_last_n: i32,
     pub seed: u32,
+    /// Do not stop at end-of-turn tokens.
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -451,7 +453,7 @@ impl<'m> ChatSession<'m> {
         let started = Instant::now();
         while stats.generated_tokens < max_tokens && self.cached.len() < self.n_ctx() {
             let token = sampler.sample(&self.ctx, batch.n_tokens() - 1);
-            if self.engine.is_end_of_turn(token) {
+            if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
                 stats.stopped_at_end_of_turn = true;
                 break;
             }

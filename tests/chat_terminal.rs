@@ -1,0 +1,92 @@
+//! `glm chat` in a real pseudo-terminal, driven like a person would: commands, tab
+//! completion, history written and recalled, Ctrl-C during an answer and at the prompt,
+//! Ctrl-D to leave.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rexpect::session::{spawn_command, PtySession};
+
+const PROMPT: &str = "» ";
+
+fn start(model: &Path, history: &Path, extra: &[&str]) -> PtySession {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_glm"));
+    command
+        .arg("chat")
+        .arg(model)
+        .args(["--temp", "0", "-t", "2", "--no-think"])
+        .args(extra)
+        .env("GLM_HISTORY_FILE", history);
+    let mut session = spawn_command(command, Some(30_000)).expect("spawn glm chat in a pty");
+    session.exp_string(PROMPT).expect("first prompt");
+    session
+}
+
+#[test]
+fn commands_history_and_exit() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.txt");
+
+    let mut chat = start(&model, &history, &["-n", "8"]);
+    chat.send_line("/help").expect("send");
+    chat.exp_string("/regen").expect("help text");
+    chat.exp_string(PROMPT).expect("prompt");
+    chat.send_line("Hello there").expect("send");
+    chat.exp_string(PROMPT).expect("prompt after the answer");
+    chat.send_line("/stats").expect("send");
+    chat.exp_string("new tokens evaluated").expect("stats");
+    chat.exp_string(PROMPT).expect("prompt");
+    // Tab completes a command.
+    chat.send("/rea\t").expect("send");
+    chat.send_line("hide").expect("send");
+    chat.exp_string(PROMPT).expect("prompt");
+    // Ctrl-C at an empty prompt tells how to leave; Ctrl-D leaves.
+    chat.send_control('c').expect("ctrl-c");
+    chat.exp_string("Ctrl-D to leave").expect("hint");
+    chat.send_control('d').expect("ctrl-d");
+    chat.exp_eof().expect("exit");
+
+    let saved = std::fs::read_to_string(&history).expect("history file written");
+    for line in ["/help", "Hello there", "/stats", "/reasoning hide"] {
+        assert!(saved.contains(line), "history lacks {line:?}:\n{saved}");
+    }
+
+    // A new session recalls the history with the up arrow.
+    let mut chat = start(&model, &history, &["-n", "8"]);
+    chat.send_control('p').expect("previous history entry");
+    chat.send_line("").expect("enter");
+    chat.exp_string("(reasoning hidden)").expect("the recalled command ran");
+    chat.send_control('d').expect("ctrl-d");
+    chat.exp_eof().expect("exit");
+}
+
+#[test]
+fn ctrl_c_stops_an_answer_and_keeps_the_conversation() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.txt");
+    let file = dir.path().join("c.json");
+    // An answer that cannot end by itself before Ctrl-C arrives.
+    let mut chat = start(&model, &history, &["-n", "200000", "-c", "200000", "--ignore-eos"]);
+    chat.send_line("Tell me a long story").expect("send");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    chat.send_control('c').expect("ctrl-c");
+    chat.exp_string("(interrupted)").expect("interrupted notice");
+    chat.exp_string(PROMPT).expect("back at the prompt");
+    chat.send_line(&format!("/save {}", file.display())).expect("send");
+    chat.exp_string("saved").expect("saved");
+    chat.send_control('d').expect("ctrl-d");
+    chat.exp_eof().expect("exit");
+    let messages = read_json(&file);
+    let roles: Vec<&str> = messages
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["user", "assistant"], "the interrupted answer is kept");
+}
