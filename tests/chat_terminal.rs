@@ -81,12 +81,9 @@ fn ctrl_c_stops_an_answer_and_keeps_the_conversation() {
     chat.exp_string("saved").expect("saved");
     chat.send_control('d').expect("ctrl-d");
     chat.exp_eof().expect("exit");
-    let messages = read_json(&file);
-    let roles: Vec<&str> = messages
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|m| m["role"].as_str())
-        .collect();
-    assert_eq!(roles, ["user", "assistant"], "the interrupted answer is kept");
+    assert_eq!(
+        saved_roles(&file),
+        ["user", "assistant"],
+        "the interrupted answer is kept"
+    );
 }

@@ -77,6 +77,16 @@ pub fn converted_with(model: &str, preset: &str, keep_mtp: bool) -> PathBuf {
     output
 }
 
+/// The `role` of every message of a conversation saved with `/save`.
+pub fn saved_roles(path: &Path) -> Vec<String> {
+    read_json(path)
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .filter_map(|m| m["role"].as_str().map(str::to_owned))
+        .collect()
+}
+
 pub fn ids(value: &Value) -> Vec<i32> {
     value
         .as_array()
