@@ -70,3 +70,9 @@ fn dense_templates_render_like_transformers() {
 fn moe_templates_render_like_transformers() {
     check_renders("templates_moe.json");
 }
+
+/// GLM-4.5V's template: image placeholders in list-shaped content, thinking, tools.
+#[test]
+fn vision_template_renders_like_transformers() {
+    check_renders("templates_vision.json");
+}
