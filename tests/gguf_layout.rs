@@ -410,3 +410,28 @@ fn hf_tensor<T>(model: &str, name: &str, decode: impl Fn(&[u8], &safetensors::Sa
     }
     panic!("{name} not in {model}")
 }
+
+/// GLM-4.5V's text GGUF: the glm4moe model without the vision tower, plus the M-RoPE
+/// sections llama.cpp needs before it accepts image embeddings.
+#[test]
+fn vision_language_text_model_has_mrope_sections_and_no_vision_tensors() {
+    let model = "glm45v-tiny";
+    let config = read_json(&model_dir(model).join("config.json"));
+    let text = &config["text_config"];
+    let sections = text["rope_parameters"]["mrope_section"]
+        .as_array()
+        .or_else(|| text["rope_scaling"]["mrope_section"].as_array())
+        .expect("mrope_section in the fixture");
+    let mut expected: Vec<Value> = sections.clone();
+    expected.resize(4, Value::from(0));
+    let gguf = read_gguf(model, "f16");
+    assert_eq!(gguf.meta["general.architecture"], "glm4moe");
+    assert_eq!(gguf.meta["glm4moe.rope.dimension_sections"], Value::Array(expected));
+    assert!(
+        gguf.tensors
+            .keys()
+            .all(|n| !n.contains("visual") && !n.starts_with("v.")),
+        "vision tensors leaked"
+    );
+    assert!(gguf.tensors.contains_key("token_embd.weight") && gguf.tensors.contains_key("output.weight"));
+}

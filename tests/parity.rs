@@ -41,7 +41,7 @@ const MOE_QUALITY_FLOORS: [(&str, f64, f64); 7] = [
 ];
 
 fn quality_floors(model: &str) -> &'static [(&'static str, f64, f64)] {
-    if MOE_MODELS.contains(&model) {
+    if MOE_MODELS.contains(&model) || VISION_MODELS.contains(&model) {
         &MOE_QUALITY_FLOORS
     } else {
         &DENSE_QUALITY_FLOORS
@@ -226,6 +226,7 @@ parity_tests! {
     glm4moe_tiny => "glm4moe-tiny",
     glm4moe_air_tiny => "glm4moe-air-tiny",
     glm47flash_tiny => "glm47flash-tiny",
+    glm45v_tiny => "glm45v-tiny",
 }
 
 /// Dropping the NextN layers must not change what the trunk computes.

@@ -153,6 +153,25 @@ impl HfConfig {
         Ok(None)
     }
 
+    /// A list of integers under `rope_parameters` or `rope_scaling` (e.g. `mrope_section`).
+    pub fn rope_list(&self, key: &str) -> Result<Option<Vec<i32>>> {
+        for section in ["rope_parameters", "rope_scaling"] {
+            let Some(value) = self.lookup(section).and_then(|s| s.get(key)) else {
+                continue;
+            };
+            let list = value.as_array().and_then(|items| {
+                items
+                    .iter()
+                    .map(|v| v.as_i64().and_then(|i| i32::try_from(i).ok()))
+                    .collect()
+            });
+            return list
+                .map(Some)
+                .ok_or_else(|| self.error(format!("`{section}.{key}` must be a list of integers, found {value}")));
+        }
+        Ok(None)
+    }
+
     /// The RoPE scaling object, if the checkpoint declares a non-default one.
     pub fn rope_scaling(&self) -> Option<&Map<String, Value>> {
         ["rope_scaling", "rope_parameters"]
@@ -160,7 +179,8 @@ impl HfConfig {
             .filter_map(|k| self.lookup(k).and_then(Value::as_object))
             .find(|m| {
                 let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str);
-                matches!(kind, Some(t) if t != "default")
+                // "mrope" only names the multimodal position layout, not a scaling.
+                matches!(kind, Some(t) if t != "default" && t != "mrope")
             })
     }
 

@@ -12,14 +12,22 @@ use super::{
 use crate::checkpoint::TensorEntry;
 use crate::config::HfConfig;
 use crate::error::Result;
-use crate::gguf::Metadata;
+use crate::gguf::{MetaValue, Metadata};
 use crate::tokenizer::SpecialTokens;
 
-pub struct Glm4Moe;
+/// `vision`: the text half of `Glm4vMoeForConditionalGeneration` (GLM-4.5V, GLM-4.6V):
+/// the same model plus M-RoPE sections, with the vision tower left for the projector.
+pub struct Glm4Moe {
+    pub vision: bool,
+}
 
 impl Architecture for Glm4Moe {
     fn hf_name(&self) -> &'static str {
-        "Glm4MoeForCausalLM"
+        if self.vision {
+            "Glm4vMoeForConditionalGeneration"
+        } else {
+            "Glm4MoeForCausalLM"
+        }
     }
 
     fn gguf_arch(&self) -> &'static str {
@@ -29,12 +37,18 @@ impl Architecture for Glm4Moe {
     fn write_hparams(&self, config: &HfConfig, layers: LayerCounts, meta: &mut Metadata) -> Result<()> {
         write_common_hparams(self.gguf_arch(), config, layers, meta)?;
         write_gqa_hparams(self.gguf_arch(), config, true, meta)?;
+        if self.vision {
+            write_mrope_sections(self.gguf_arch(), config, meta)?;
+        }
         moe::write_moe_hparams(self.gguf_arch(), config, meta)
     }
 
     fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, options: &PlanOptions) -> Result<Option<TensorRole>> {
         if let Some(role) = global_tensor_role(config, &entry.name) {
             return Ok(Some(role));
+        }
+        if self.vision && is_vision_tensor(&entry.name) {
+            return Ok(Some(TensorRole::Skip));
         }
         let Some((layer, rest)) = layer_tensor(&entry.name) else {
             return Ok(None);
@@ -60,4 +74,23 @@ impl Architecture for Glm4Moe {
     fn expert_count(&self, config: &HfConfig) -> Result<u32> {
         moe::expert_count(config)
     }
+}
+
+fn is_vision_tensor(name: &str) -> bool {
+    name.starts_with("model.visual.") || name.starts_with("visual.")
+}
+
+/// `mrope_section` padded to the four sections llama.cpp reads; with it llama.cpp runs
+/// the text model with multimodal RoPE, which image positions need.
+fn write_mrope_sections(arch: &str, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
+    let sections = config
+        .rope_list("mrope_section")?
+        .ok_or_else(|| config.error("no `mrope_section` in rope_parameters or rope_scaling"))?;
+    if sections.is_empty() || sections.len() > 4 {
+        return Err(config.error(format!("`mrope_section` {sections:?} must have 1 to 4 entries")));
+    }
+    let mut padded = sections;
+    padded.resize(4, 0);
+    meta.set(format!("{arch}.rope.dimension_sections"), MetaValue::I32Array(padded));
+    Ok(())
 }

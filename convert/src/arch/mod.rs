@@ -171,7 +171,13 @@ pub trait Architecture: Sync {
     }
 }
 
-static ARCHITECTURES: &[&dyn Architecture] = &[&glm::GLM, &glm4::GLM4, &glm4moe::Glm4Moe, &glm4moe_lite::Glm4MoeLite];
+static ARCHITECTURES: &[&dyn Architecture] = &[
+    &glm::GLM,
+    &glm4::GLM4,
+    &glm4moe::Glm4Moe { vision: false },
+    &glm4moe::Glm4Moe { vision: true },
+    &glm4moe_lite::Glm4MoeLite,
+];
 
 pub fn find(hf_name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.hf_name() == hf_name)
