@@ -435,3 +435,88 @@ fn vision_language_text_model_has_mrope_sections_and_no_vision_tensors() {
     );
     assert!(gguf.tensors.contains_key("token_embd.weight") && gguf.tensors.contains_key("output.weight"));
 }
+
+/// The vision projector: llama.cpp's `clip`/`glm4v` keys and tensor names, and the
+/// Conv3d patch kernel split into its two temporal halves.
+#[test]
+fn mmproj_has_clip_keys_and_split_patch_kernels() {
+    let model = "glm45v-tiny";
+    let config = read_json(&model_dir(model).join("config.json"));
+    let vision = &config["vision_config"];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("mmproj.gguf");
+    let options = glm_convert::ConvertOptions {
+        preset: glm_convert::Preset::load("f32").expect("preset"),
+        quantizer: None,
+        importance: None,
+        name: None,
+        plan: Default::default(),
+    };
+    let summary =
+        glm_convert::mmproj::convert_mmproj(&model_dir(model), &output, glm_convert::GgmlType::F32, &options, &())
+            .expect("convert")
+            .expect("a vision checkpoint has a projector");
+    assert_eq!(summary.architecture, "clip");
+    let mut container = gguf_rs::get_gguf_container_array_size(output.to_str().expect("path"), u64::MAX).expect("open");
+    let decoded = container.decode().expect("decode");
+    let meta = decoded.metadata();
+    assert_eq!(meta["clip.projector_type"], "glm4v");
+    assert_eq!(meta["clip.has_vision_encoder"], true);
+    assert_eq!(meta["clip.use_silu"], true);
+    assert_eq!(meta["clip.vision.projection_dim"], config["text_config"]["hidden_size"]);
+    assert_eq!(meta["clip.vision.block_count"], vision["depth"]);
+    assert_eq!(meta["clip.vision.embedding_length"], vision["hidden_size"]);
+    assert_eq!(meta["clip.vision.image_mean"].as_array().expect("mean").len(), 3);
+    let hv = vision["hidden_size"].as_u64().expect("hidden");
+    let p = vision["patch_size"].as_u64().expect("patch");
+    let tensors: BTreeMap<String, Vec<u64>> = decoded
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    assert_eq!(tensors["v.patch_embd.weight"], vec![p, p, 3, hv]);
+    assert_eq!(tensors["v.patch_embd.weight.1"], vec![p, p, 3, hv]);
+    assert_eq!(
+        tensors["mm.down.weight"][1],
+        config["text_config"]["hidden_size"].as_u64().expect("h")
+    );
+    for name in [
+        "v.patch_embd.bias",
+        "mm.patch_merger.bias",
+        "v.position_embd.weight",
+        "mm.post_norm.bias",
+        "v.blk.0.attn_qkv.weight",
+    ] {
+        assert!(tensors.contains_key(name), "missing {name}");
+    }
+    // Kernel values: element (h, c, t, y, x) of the Conv3d lands in half t at (h, c, y, x).
+    let conv = hf_tensor(model, "model.visual.patch_embed.proj.weight", |bytes, _| {
+        bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect::<Vec<f32>>()
+    });
+    let (hv, p) = (hv as usize, p as usize);
+    for (t, name) in [(0, "v.patch_embd.weight"), (1, "v.patch_embd.weight.1")] {
+        let half_kernel = tensor_values(&output, name);
+        for (h, c, y, x) in [(0, 0, 0, 0), (1, 2, 3, 4), (hv - 1, 2, p - 1, p - 1)] {
+            let hf = conv[((((h * 3 + c) * 2 + t) * p) + y) * p + x];
+            assert_eq!(
+                half_kernel[((h * 3 + c) * p + y) * p + x],
+                hf,
+                "{name} at {h},{c},{y},{x}"
+            );
+        }
+    }
+    // Text-only checkpoints have no projector.
+    let none = glm_convert::mmproj::convert_mmproj(
+        &model_dir("glm4moe-tiny"),
+        &dir.path().join("x.gguf"),
+        glm_convert::GgmlType::F32,
+        &options,
+        &(),
+    )
+    .expect("no error");
+    assert!(none.is_none());
+    assert!(!dir.path().join("x.gguf").exists());
+}

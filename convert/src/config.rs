@@ -34,6 +34,17 @@ impl HfConfig {
         Ok(Self { path, root })
     }
 
+    /// A nested config object such as `vision_config`, read with the same accessors.
+    pub fn section(&self, key: &str) -> Option<HfConfig> {
+        match self.root.get(key) {
+            Some(Value::Object(map)) => Some(Self {
+                path: self.path.clone(),
+                root: map.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod imatrix;
+pub mod mmproj;
 pub mod preset;
 pub mod tensor_type;
 pub mod tokenizer;

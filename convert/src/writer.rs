@@ -83,6 +83,27 @@ pub fn convert<'a>(
     let vocab = Vocabulary::load(input, vocab_size)?;
     vocab.write_metadata(&mut meta, input, &config, &arch.special_tokens())?;
 
+    let written = write_planned(output, &meta, &planned, &headers, &checkpoint, options, progress)?;
+    progress.finish();
+    Ok(ConvertSummary {
+        output: output.to_path_buf(),
+        architecture: arch.gguf_arch().to_owned(),
+        tensors: headers.len(),
+        parameters,
+        bytes: written,
+    })
+}
+
+/// Writes header and metadata, then streams every planned tensor from the checkpoint.
+pub(crate) fn write_planned(
+    output: &Path,
+    meta: &Metadata,
+    planned: &[PlannedTensor],
+    headers: &[TensorHeader],
+    checkpoint: &Checkpoint,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let total: u64 = planned
         .iter()
         .flat_map(|p| &p.sources)
@@ -93,9 +114,9 @@ pub fn convert<'a>(
         })
         .sum();
     progress.begin(total);
-    let written = write_atomically(output, |out| {
-        let mut written = gguf::write_header(out, &meta, &headers)?;
-        for (plan, header) in planned.iter().zip(&headers) {
+    write_atomically(output, |out| {
+        let mut written = gguf::write_header(out, meta, headers)?;
+        for (plan, header) in planned.iter().zip(headers) {
             let encoder = Encoder {
                 name: &plan.name,
                 ty: header.ggml_type,
@@ -103,17 +124,9 @@ pub fn convert<'a>(
                 quantizer: options.quantizer,
                 importance: options.importance.and_then(|m| m.get(&plan.name)),
             };
-            written += write_tensor(out, &checkpoint, plan, header, &encoder, progress)?;
+            written += write_tensor(out, checkpoint, plan, header, &encoder, progress)?;
         }
         Ok(written)
-    })?;
-    progress.finish();
-    Ok(ConvertSummary {
-        output: output.to_path_buf(),
-        architecture: arch.gguf_arch().to_owned(),
-        tensors: headers.len(),
-        parameters,
-        bytes: written,
     })
 }
 
@@ -132,7 +145,7 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
     Ok(rows)
 }
 
-fn plan_headers(
+pub(crate) fn plan_headers(
     planned: &[PlannedTensor],
     checkpoint: &Checkpoint,
     preset: &Preset,

@@ -72,6 +72,10 @@ pub struct ConvertArgs {
     /// Importance matrix (llama-imatrix's GGUF or legacy .dat) for the quantized types.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
+    /// Matrix type of the vision projector written beside the model for GLM-4.5V-style
+    /// checkpoints (`<name>-mmproj-<TYPE>.gguf`): f32, f16, bf16 or q8_0.
+    #[arg(long = "mmproj-type", default_value = "f16", value_name = "TYPE")]
+    pub mmproj_type: String,
 }
 
 /// Where the model comes from and how it is loaded.

@@ -1,5 +1,5 @@
-use anyhow::{anyhow, Result};
-use glm_convert::{ConvertOptions, ImportanceMatrix, PlanOptions, Preset};
+use anyhow::{anyhow, bail, Result};
+use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, PlanOptions, Preset};
 
 use crate::cli::ConvertArgs;
 use crate::engine::quantize::GgmlQuantizer;
@@ -22,7 +22,24 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         name: args.name.clone(),
         plan: PlanOptions { keep_mtp: !args.no_mtp },
     };
+    let mmproj_type = match GgmlType::parse(&args.mmproj_type) {
+        Some(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0)) => t,
+        _ => bail!("--mmproj-type {}: use f32, f16, bf16 or q8_0", args.mmproj_type),
+    };
     let summary = glm_convert::convert(&args.input, &output, &options, &ConvertProgress::new())?;
+    report(&summary);
+    let dir = output.parent().unwrap_or(std::path::Path::new(""));
+    let base = glm_convert::model_base_name(&args.input);
+    let mmproj = dir.join(format!("{base}-mmproj-{}.gguf", mmproj_type.name()));
+    if let Some(summary) =
+        glm_convert::mmproj::convert_mmproj(&args.input, &mmproj, mmproj_type, &options, &ConvertProgress::new())?
+    {
+        report(&summary);
+    }
+    Ok(())
+}
+
+fn report(summary: &glm_convert::ConvertSummary) {
     eprintln!(
         "wrote {} ({}, {} tensors, {} parameters, {:.1} MiB)",
         summary.output.display(),
@@ -31,5 +48,4 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         summary.parameters,
         summary.bytes as f64 / (1024.0 * 1024.0)
     );
-    Ok(())
 }
