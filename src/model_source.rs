@@ -22,6 +22,50 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
     Ok(model.to_path_buf())
 }
 
+/// The vision projector for `model`: `explicit` when given, else the `*mmproj*.gguf`
+/// beside it made for it (`<name>-mmproj-<TYPE>.gguf` where the model file starts with
+/// `<name>`), or the only one there.
+pub fn projector_for(model: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        check_gguf_magic(path)?;
+        return Ok(path.to_path_buf());
+    }
+    let dir = model
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let model_name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let candidates: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.contains("mmproj") && name.ends_with(".gguf"))
+        .collect();
+    let made_for: Vec<&String> = candidates
+        .iter()
+        .filter(|name| {
+            name.split("-mmproj")
+                .next()
+                .is_some_and(|stem| !stem.is_empty() && model_name.starts_with(stem))
+        })
+        .collect();
+    match (made_for.as_slice(), candidates.as_slice()) {
+        ([one], _) => Ok(dir.join(one)),
+        ([], [one]) => Ok(dir.join(one)),
+        ([], []) => bail!(
+            "{}: no vision projector (*mmproj*.gguf) beside the model; pass --mmproj",
+            model.display()
+        ),
+        _ => bail!(
+            "{}: several vision projectors beside the model ({}); pass --mmproj",
+            model.display(),
+            candidates.join(", ")
+        ),
+    }
+}
+
 pub fn check_gguf_magic(path: &Path) -> Result<()> {
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
@@ -52,6 +96,14 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
             plan: Default::default(),
         };
         glm_convert::convert(dir, &file, &options, &ConvertProgress::new())?;
+        let projector = cache_dir.join(format!("{name}-{:016x}-mmproj-F16.gguf", checkpoint_fingerprint(dir)?));
+        glm_convert::mmproj::convert_mmproj(
+            dir,
+            &projector,
+            glm_convert::GgmlType::F16,
+            &options,
+            &ConvertProgress::new(),
+        )?;
     }
     Ok(file)
 }

@@ -46,6 +46,27 @@ impl Conversation {
         self.turns.push(json!({"role": "user", "content": text}));
     }
 
+    /// A user message that starts with images (kept by path, in the content parts).
+    pub fn push_user_with_images(&mut self, text: &str, images: &[std::path::PathBuf]) {
+        let mut parts: Vec<Value> = images
+            .iter()
+            .map(|path| json!({"type": "image", "image": path.display().to_string()}))
+            .collect();
+        parts.push(json!({"type": "text", "text": text}));
+        self.turns.push(json!({"role": "user", "content": parts}));
+    }
+
+    /// Every image of the conversation, in the order the template will place them.
+    pub fn images(&self) -> Vec<std::path::PathBuf> {
+        self.turns
+            .iter()
+            .filter_map(|m| m["content"].as_array())
+            .flatten()
+            .filter(|part| part["type"] == "image")
+            .filter_map(|part| part["image"].as_str().map(std::path::PathBuf::from))
+            .collect()
+    }
+
     /// The assistant's reply with its reasoning kept apart (`reasoning_content`), so the
     /// template decides whether past reasoning is shown again.
     pub fn push_assistant(&mut self, content: &str, reasoning: &str, tool_calls: &[ToolCall]) {

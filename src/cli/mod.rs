@@ -140,6 +140,12 @@ pub struct RunArgs {
     /// The prompt; `-` reads it from standard input.
     #[arg(short, long)]
     pub prompt: String,
+    /// An image for vision models (repeat for several); PNG, JPEG, BMP or GIF.
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
+    /// The vision projector [default: the `*mmproj*.gguf` next to the model].
+    #[arg(long, value_name = "FILE")]
+    pub mmproj: Option<PathBuf>,
     #[command(flatten)]
     pub generation: GenerationArgs,
 }
@@ -186,6 +192,9 @@ pub struct ChatArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub prompt_format: PromptArgs,
+    /// The vision projector for /image [default: the `*mmproj*.gguf` next to the model].
+    #[arg(long, value_name = "FILE")]
+    pub mmproj: Option<PathBuf>,
     #[command(flatten)]
     pub generation: GenerationArgs,
 }

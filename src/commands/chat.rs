@@ -18,7 +18,7 @@ use rustyline::{Editor, Helper};
 use super::reply::{Reply, ReplyPrinter};
 use crate::chat::{prompt_opens_thinking, ChatTemplate, Conversation, RenderOptions};
 use crate::cli::{ChatArgs, GenerationArgs};
-use crate::engine::{ChatSession, GenerationStats, Sampling};
+use crate::engine::{ChatSession, Engine, GenerationStats, Projector, Sampling};
 
 /// Set by Ctrl-C while an answer is being generated.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -34,6 +34,7 @@ const HELP: &str = "\
 /save <file>          write the conversation as JSON (OpenAI messages)
 /load <file>          read a conversation saved by /save
 /tool <json>          give the result of the model's tool call and let it go on
+/image <file>         attach an image to your next message (vision models)
 /set <param> <value>  temp, top-k, top-p, min-p, repeat-penalty, repeat-last-n, seed, max-tokens
 /stats                tokens and speed of the last answer
 Multi-line input: end a line with \\ to continue it, or wrap text in \"\"\" … \"\"\".";
@@ -66,13 +67,22 @@ struct ChatState<'e> {
     last: Option<GenerationStats>,
     /// Plain output for scripts: no notices on stdout.
     interactive: bool,
+    /// Images attached with /image, sent with the next message.
+    pending_images: Vec<PathBuf>,
+    /// The vision projector, loaded at the first image.
+    projector: Option<Projector>,
+    projector_path: Option<PathBuf>,
+    model_path: PathBuf,
+    engine: &'e Engine,
+    threads: i32,
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let engine = super::load_engine(&args.model)?;
+    let (engine, model_path) = super::load_engine_and_path(&args.model)?;
     let template = super::chat_template(&engine)?;
     let render = super::render_options(&engine, &args.prompt_format, args.prompt_format.enable_thinking())?;
-    let session = ChatSession::new(&engine, &super::context_options(&args.model))?;
+    let context = super::context_options(&args.model);
+    let session = ChatSession::new(&engine, &context)?;
     let interactive = std::io::stdin().is_terminal();
     let mut state = ChatState {
         session,
@@ -84,6 +94,12 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         show_reasoning: !args.generation.hide_reasoning,
         last: None,
         interactive,
+        pending_images: Vec::new(),
+        projector: None,
+        projector_path: args.mmproj.clone(),
+        model_path,
+        engine: &engine,
+        threads: context.threads,
     };
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     if interactive {
@@ -112,10 +128,20 @@ fn scripted(state: &mut ChatState) -> Result<()> {
             }
             continue;
         }
-        state.conversation.push_user(&text);
+        push_user(state, &text);
         answer(state)?;
     }
     Ok(())
+}
+
+/// The user's message, with any images attached by /image.
+fn push_user(state: &mut ChatState, text: &str) {
+    if state.pending_images.is_empty() {
+        state.conversation.push_user(text);
+    } else {
+        state.conversation.push_user_with_images(text, &state.pending_images);
+        state.pending_images.clear();
+    }
 }
 
 fn repl(state: &mut ChatState) -> Result<()> {
@@ -143,7 +169,7 @@ fn repl(state: &mut ChatState) -> Result<()> {
                 }
             }
         }
-        state.conversation.push_user(&text);
+        push_user(state, &text);
         if let Err(e) = answer(state) {
             eprintln!("error: {e:#}");
         }
@@ -300,6 +326,17 @@ fn command_line(state: &mut ChatState, command: &str) -> Result<bool> {
             answer(state)?;
         }
         "set" => set_parameter(state, argument)?,
+        "image" => {
+            let path = path_argument(argument, "/image <file>")?;
+            if !path.is_file() {
+                bail!("{}: no such image file", path.display());
+            }
+            notice(
+                state,
+                &format!("(image {} goes with your next message)", path.display()),
+            );
+            state.pending_images.push(path);
+        }
         "stats" => stats(state),
         other => bail!("unknown command /{other} (try /help)"),
     }
@@ -396,17 +433,30 @@ fn answer(state: &mut ChatState) -> Result<()> {
         eprintln!("(context full: dropped the oldest {dropped} messages)");
     };
     INTERRUPTED.store(false, Ordering::SeqCst);
+    let images = state.conversation.images();
     let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
     let mut write_error = None;
-    let stats = state
-        .session
-        .respond(&tokens, state.generation.max_tokens, &state.sampling, |text| {
-            if let Err(e) = printer.push(text) {
-                write_error = Some(e);
-                return false;
-            }
-            !INTERRUPTED.load(Ordering::SeqCst)
-        })?;
+    let mut on_text = |text: &str| {
+        if let Err(e) = printer.push(text) {
+            write_error = Some(e);
+            return false;
+        }
+        !INTERRUPTED.load(Ordering::SeqCst)
+    };
+    let (max_tokens, sampling) = (state.generation.max_tokens, state.sampling.clone());
+    let stats = if images.is_empty() {
+        state.session.respond(&tokens, max_tokens, &sampling, &mut on_text)?
+    } else {
+        let prompt = super::place_images(&prompt, images.len())?;
+        if state.projector.is_none() {
+            let path = crate::model_source::projector_for(&state.model_path, state.projector_path.as_deref())?;
+            state.projector = Some(state.engine.load_projector(&path, state.threads)?);
+        }
+        let projector = state.projector.as_mut().context("vision projector")?;
+        state
+            .session
+            .respond_with_images(projector, &prompt, &images, max_tokens, &sampling, &mut on_text)?
+    };
     let reply: Reply = printer.finish()?;
     if let Some(e) = write_error {
         return Err(e.into());

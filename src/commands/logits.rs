@@ -8,7 +8,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     let tokens = match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => tokens.clone(),
         (None, Some(prompt)) => {
-            let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?)?;
+            let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?, 0)?;
             engine.tokenize(&text)
         }
         (None, None) => anyhow::bail!("give --prompt or --tokens"),

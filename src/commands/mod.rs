@@ -98,12 +98,18 @@ pub fn text_argument(text: &str) -> Result<String> {
 }
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    Ok(load_engine_and_path(args)?.0)
+}
+
+/// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
+pub fn load_engine_and_path(args: &ModelArgs) -> Result<(Engine, std::path::PathBuf)> {
     let path = crate::model_source::resolve(&args.model)?;
     let options = LoadOptions {
         gpu_layers: args.gpu_layers.unwrap_or(u32::MAX),
         vocab_only: false,
     };
-    Engine::load(&path, &options)
+    let engine = Engine::load(&path, &options)?;
+    Ok((engine, path))
 }
 
 pub fn context_options(args: &ModelArgs) -> ContextOptions {
@@ -116,18 +122,44 @@ pub fn context_options(args: &ModelArgs) -> ContextOptions {
     }
 }
 
+/// Where the template puts an image; libmtmd adds the begin/end tokens itself.
+const TEMPLATE_IMAGE: &str = "<|begin_of_image|><|image|><|end_of_image|>";
+
 /// The prompt text the model sees: the chat template applied to one user turn (with an
-/// optional system turn), or the raw text with `--raw`.
-pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str) -> Result<String> {
+/// optional system turn), or the raw text with `--raw`. With `images`, the user turn
+/// starts with that many images, each left as the engine's image marker.
+pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str, images: usize) -> Result<String> {
+    let marker = crate::engine::image_marker();
     if format.raw {
-        return Ok(user_text.to_owned());
+        return Ok(marker.repeat(images) + user_text);
     }
     let template = chat_template(engine)?;
     let mut messages = Vec::new();
     if let Some(system) = &format.system {
         messages.push(json!({"role": "system", "content": system}));
     }
-    messages.push(json!({"role": "user", "content": user_text}));
+    let content = if images == 0 {
+        json!(user_text)
+    } else {
+        let mut parts: Vec<serde_json::Value> = (0..images).map(|_| json!({"type": "image"})).collect();
+        parts.push(json!({"type": "text", "text": user_text}));
+        json!(parts)
+    };
+    messages.push(json!({"role": "user", "content": content}));
     let options = render_options(engine, format, format.enable_thinking())?;
-    Ok(template.render(&messages, &options)?)
+    let rendered = template.render(&messages, &options)?;
+    if images == 0 {
+        return Ok(rendered);
+    }
+    place_images(&rendered, images)
+}
+
+/// Turns the template's image placeholders into the engine's image markers, checking that
+/// the template placed every image.
+pub fn place_images(rendered: &str, images: usize) -> Result<String> {
+    let placed = rendered.matches(TEMPLATE_IMAGE).count();
+    if placed != images {
+        anyhow::bail!("the model's chat template placed {placed} of {images} images; is this a vision model?");
+    }
+    Ok(rendered.replace(TEMPLATE_IMAGE, crate::engine::image_marker()))
 }

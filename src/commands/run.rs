@@ -3,29 +3,39 @@ use anyhow::Result;
 use super::reply::ReplyPrinter;
 use crate::chat::prompt_opens_thinking;
 use crate::cli::RunArgs;
+use crate::engine::ChatSession;
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let user_text = super::text_argument(&args.prompt)?;
-    let engine = super::load_engine(&args.model)?;
-    let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text)?;
-    let tokens = engine.tokenize(&prompt);
+    let (engine, model_path) = super::load_engine_and_path(&args.model)?;
+    let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text, args.images.len())?;
     let sampling = super::sampling(&args.generation);
     let mut output = ReplyPrinter::new(prompt_opens_thinking(&prompt), !args.generation.hide_reasoning);
     let mut write_failed = None;
     let context = super::context_options(&args.model);
-    let stats = engine.generate(
-        &tokens,
-        args.generation.max_tokens,
-        &sampling,
-        &context,
-        |text| match output.push(text) {
-            Ok(()) => true,
-            Err(e) => {
-                write_failed = Some(e);
-                false
-            }
-        },
-    )?;
+    let mut on_text = |text: &str| match output.push(text) {
+        Ok(()) => true,
+        Err(e) => {
+            write_failed = Some(e);
+            false
+        }
+    };
+    let stats = if args.images.is_empty() {
+        let tokens = engine.tokenize(&prompt);
+        engine.generate(&tokens, args.generation.max_tokens, &sampling, &context, &mut on_text)?
+    } else {
+        let projector_path = crate::model_source::projector_for(&model_path, args.mmproj.as_deref())?;
+        let mut projector = engine.load_projector(&projector_path, context.threads)?;
+        let mut session = ChatSession::new(&engine, &context)?;
+        session.respond_with_images(
+            &mut projector,
+            &prompt,
+            &args.images,
+            args.generation.max_tokens,
+            &sampling,
+            &mut on_text,
+        )?
+    };
     let finished = output.finish();
     if let Some(e) = write_failed.or(finished.err()) {
         if e.kind() != std::io::ErrorKind::BrokenPipe {

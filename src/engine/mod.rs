@@ -14,6 +14,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::mtmd::{MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputText};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
@@ -29,9 +30,11 @@ static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 fn backend() -> Result<&'static LlamaBackend> {
     BACKEND
         .get_or_init(|| {
-            let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            // Silences llama.cpp and libmtmd alike (each has its own log callback);
+            // with GLM_LLAMA_LOG set their own logging to stderr stays.
             if std::env::var_os("GLM_LLAMA_LOG").is_none() {
-                backend.void_logs();
+                llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
             }
             Ok(backend)
         })
@@ -344,6 +347,10 @@ pub struct ChatSession<'m> {
     /// The text those tokens stand for, and where each token's text ends in it.
     cached_text: Vec<u8>,
     token_ends: Vec<usize>,
+    /// Position of the next token (images take positions that are not tokens).
+    next_position: usize,
+    /// Set after an image turn: the cache cannot be matched against text any more.
+    positions_untracked: bool,
 }
 
 impl<'m> ChatSession<'m> {
@@ -354,6 +361,8 @@ impl<'m> ChatSession<'m> {
             cached: Vec::new(),
             cached_text: Vec::new(),
             token_ends: Vec::new(),
+            next_position: 0,
+            positions_untracked: false,
         })
     }
 
@@ -367,6 +376,8 @@ impl<'m> ChatSession<'m> {
         self.cached.clear();
         self.cached_text.clear();
         self.token_ends.clear();
+        self.next_position = 0;
+        self.positions_untracked = false;
     }
 
     /// Tokens for a rendered conversation that reuse the cached tokens wherever the text
@@ -405,6 +416,10 @@ impl<'m> ChatSession<'m> {
         sampling: &Sampling,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationStats> {
+        if self.positions_untracked {
+            // An image turn left positions that do not follow the token count.
+            self.clear();
+        }
         if prompt.is_empty() {
             bail!("the prompt is empty");
         }
@@ -439,20 +454,37 @@ impl<'m> ChatSession<'m> {
                 .decode(&mut batch)
                 .context("llama.cpp failed to evaluate the prompt")?;
         }
-        let mut stats = GenerationStats {
+        let stats = GenerationStats {
             prompt_tokens: prompt.len() - reused,
             reused_tokens: reused,
             prompt_time: started.elapsed(),
             ..Default::default()
         };
 
+        self.next_position = self.cached.len();
+        self.generate_reply(batch.n_tokens() - 1, &prompt, max_tokens, sampling, &mut on_text, stats)
+    }
+
+    /// Samples the reply after a prompt whose logits sit at `logits_index` of the last
+    /// batch, streaming text to `on_text`.
+    fn generate_reply(
+        &mut self,
+        logits_index: i32,
+        prompt: &[LlamaToken],
+        max_tokens: usize,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> bool,
+        mut stats: GenerationStats,
+    ) -> Result<GenerationStats> {
         let mut sampler = self.engine.sampler(sampling);
         sampler.accept_many(prompt.iter());
         let mut decoder = encoding_rs::UTF_8.new_decoder();
-        let mut text = String::new();
+        let (mut piece, mut text) = (Vec::new(), String::new());
+        let mut batch = LlamaBatch::new(1, 1);
+        let mut index = logits_index;
         let started = Instant::now();
-        while stats.generated_tokens < max_tokens && self.cached.len() < self.n_ctx() {
-            let token = sampler.sample(&self.ctx, batch.n_tokens() - 1);
+        while stats.generated_tokens < max_tokens && self.next_position < self.n_ctx() {
+            let token = sampler.sample(&self.ctx, index);
             if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
                 stats.stopped_at_end_of_turn = true;
                 break;
@@ -463,11 +495,13 @@ impl<'m> ChatSession<'m> {
             text.reserve(piece.len() + 4);
             let _ = decoder.decode_to_string(&piece, &mut text, false);
             batch.clear();
-            batch.add(token, self.cached.len() as i32, &[0], true)?;
-            self.cached.push(token);
+            batch.add(token, self.next_position as i32, &[0], true)?;
+            self.next_position += 1;
+            self.remember(token, &piece);
             self.ctx
                 .decode(&mut batch)
                 .context("llama.cpp failed to evaluate a generated token")?;
+            index = 0;
             if !text.is_empty() && !on_text(&text) {
                 break;
             }
@@ -491,4 +525,115 @@ impl<'m> ChatSession<'m> {
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The text that stands for one image in a prompt given to [`ChatSession::respond_with_images`].
+pub fn image_marker() -> &'static str {
+    llama_cpp_2::mtmd::mtmd_default_marker()
+}
+
+/// A vision projector (mmproj GGUF) loaded for a model, through llama.cpp's libmtmd.
+pub struct Projector {
+    ctx: MtmdContext,
+}
+
+impl Engine {
+    pub fn load_projector(&self, path: &Path, threads: i32) -> Result<Projector> {
+        let text = path
+            .to_str()
+            .with_context(|| format!("{}: path is not UTF-8", path.display()))?;
+        let params = MtmdContextParams {
+            use_gpu: true,
+            print_timings: false,
+            n_threads: threads,
+            media_marker: std::ffi::CString::new(image_marker()).context("media marker")?,
+            image_min_tokens: -1,
+            image_max_tokens: -1,
+        };
+        let ctx = MtmdContext::init_from_file(text, &self.model, &params).map_err(|e| {
+            anyhow!(
+                "{}: llama.cpp cannot load this vision projector for the model: {e}",
+                path.display()
+            )
+        })?;
+        if !ctx.support_vision() {
+            bail!("{}: this projector has no vision encoder", path.display());
+        }
+        Ok(Projector { ctx })
+    }
+}
+
+impl ChatSession<'_> {
+    /// Evaluates a prompt in which each [`image_marker`] stands for one of `images`
+    /// (PNG, JPEG, BMP, …), then generates the reply. The cache starts afresh: image
+    /// positions do not follow the token count, so no text prefix can be reused.
+    pub fn respond_with_images(
+        &mut self,
+        projector: &mut Projector,
+        prompt: &str,
+        images: &[std::path::PathBuf],
+        max_tokens: usize,
+        sampling: &Sampling,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats> {
+        self.clear();
+        let mut bitmaps = Vec::with_capacity(images.len());
+        for image in images {
+            check_image(image)?;
+            let name = image
+                .to_str()
+                .with_context(|| format!("{}: path is not UTF-8", image.display()))?;
+            let bitmap = MtmdBitmap::from_file(&projector.ctx, name, false).map_err(|e| {
+                anyhow!(
+                    "{}: not an image llama.cpp can read (PNG, JPEG, BMP, GIF): {e}",
+                    image.display()
+                )
+            })?;
+            bitmaps.push(bitmap);
+        }
+        let refs: Vec<&MtmdBitmap> = bitmaps.iter().collect();
+        let input = MtmdInputText {
+            text: prompt.to_owned(),
+            add_special: false,
+            parse_special: true,
+        };
+        let chunks = projector
+            .ctx
+            .tokenize(input, &refs)
+            .map_err(|e| anyhow!("cannot combine the prompt and the images: {e}"))?;
+        if chunks.total_positions() as usize >= self.n_ctx() {
+            bail!(
+                "the prompt with its images needs {} positions; the context holds {}",
+                chunks.total_positions(),
+                self.n_ctx()
+            );
+        }
+        let started = Instant::now();
+        let n_batch = self.ctx.n_batch() as i32;
+        let n_past = chunks
+            .eval_chunks(&mut projector.ctx, &mut self.ctx, 0, 0, n_batch, true)
+            .map_err(|e| anyhow!("llama.cpp failed to evaluate the prompt with its images: {e}"))?;
+        self.next_position = usize::try_from(n_past).unwrap_or(0);
+        self.positions_untracked = true;
+        let stats = GenerationStats {
+            prompt_tokens: chunks.total_tokens(),
+            prompt_time: started.elapsed(),
+            ..Default::default()
+        };
+        let text_tokens: Vec<LlamaToken> = (0..chunks.len())
+            .filter_map(|i| chunks.get(i))
+            .filter_map(|chunk| chunk.text_tokens().map(<[LlamaToken]>::to_vec))
+            .flatten()
+            .collect();
+        self.generate_reply(-1, &text_tokens, max_tokens, sampling, &mut on_text, stats)
+    }
+}
+
+/// A missing or unreadable file is named before libmtmd sees it (it only says "failed").
+fn check_image(path: &Path) -> Result<()> {
+    let mut head = [0u8; 2];
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open the image", path.display()))?;
+    std::io::Read::read_exact(&mut file, &mut head)
+        .with_context(|| format!("{}: the image file is empty or truncated", path.display()))?;
+    Ok(())
 }
