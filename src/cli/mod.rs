@@ -229,8 +229,14 @@ pub struct LogitsArgs {
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<i32>>,
     /// Logits of every position instead of the last one only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "images")]
     pub all: bool,
+    /// An image for vision models (repeatable); needs --prompt.
+    #[arg(long = "image", value_name = "FILE", requires = "prompt")]
+    pub images: Vec<PathBuf>,
+    /// The vision projector [default: the `*mmproj*.gguf` next to the model].
+    #[arg(long, value_name = "FILE")]
+    pub mmproj: Option<PathBuf>,
     /// Output JSON file.
     #[arg(short, long)]
     pub output: PathBuf,

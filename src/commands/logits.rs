@@ -2,9 +2,26 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::cli::LogitsArgs;
+use crate::engine::ChatSession;
 
 pub fn run(args: &LogitsArgs) -> Result<()> {
-    let engine = super::load_engine(&args.model)?;
+    let (engine, model_path) = super::load_engine_and_path(&args.model)?;
+    if !args.images.is_empty() {
+        let prompt = args.prompt.as_deref().unwrap_or_default();
+        let text = super::prompt_text(
+            &engine,
+            &args.prompt_format,
+            &super::text_argument(prompt)?,
+            args.images.len(),
+        )?;
+        let context = super::context_options(&args.model);
+        let projector_path = crate::model_source::projector_for(&model_path, args.mmproj.as_deref())?;
+        let mut projector = engine.load_projector(&projector_path, context.threads)?;
+        let mut session = ChatSession::new(&engine, &context)?;
+        let (tokens, logits) = session.logits_with_images(&mut projector, &text, &args.images)?;
+        let body = serde_json::to_vec(&json!({"tokens": tokens, "images": args.images.len(), "logits": [logits]}))?;
+        return write_atomically(&args.output, &body);
+    }
     let tokens = match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => tokens.clone(),
         (None, Some(prompt)) => {

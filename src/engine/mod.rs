@@ -576,6 +576,29 @@ impl ChatSession<'_> {
         sampling: &Sampling,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationStats> {
+        let (stats, text_tokens) = self.evaluate_with_images(projector, prompt, images)?;
+        self.generate_reply(-1, &text_tokens, max_tokens, sampling, &mut on_text, stats)
+    }
+
+    /// The logits after a prompt with images (the last position), for parity checks.
+    pub fn logits_with_images(
+        &mut self,
+        projector: &mut Projector,
+        prompt: &str,
+        images: &[std::path::PathBuf],
+    ) -> Result<(Vec<i32>, Vec<f32>)> {
+        let (_, text_tokens) = self.evaluate_with_images(projector, prompt, images)?;
+        let logits = self.ctx.get_logits_ith(-1).to_vec();
+        Ok((text_tokens.iter().map(|t| t.0).collect(), logits))
+    }
+
+    /// Evaluates text and images from position 0; returns the stats and the text tokens.
+    fn evaluate_with_images(
+        &mut self,
+        projector: &mut Projector,
+        prompt: &str,
+        images: &[std::path::PathBuf],
+    ) -> Result<(GenerationStats, Vec<LlamaToken>)> {
         self.clear();
         let mut bitmaps = Vec::with_capacity(images.len());
         for image in images {
@@ -625,7 +648,7 @@ impl ChatSession<'_> {
             .filter_map(|chunk| chunk.text_tokens().map(<[LlamaToken]>::to_vec))
             .flatten()
             .collect();
-        self.generate_reply(-1, &text_tokens, max_tokens, sampling, &mut on_text, stats)
+        Ok((stats, text_tokens))
     }
 }
 
