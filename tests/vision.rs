@@ -247,3 +247,51 @@ fn image_logits_match_transformers() {
     expected_top.sort_unstable();
     assert_eq!(top5(&got), expected_top, "same five most likely tokens");
 }
+
+/// WebP and JPEG are read too; a lossless WebP of the reference image gives exactly the
+/// PNG's logits.
+#[test]
+fn webp_and_jpeg_images_are_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = convert(dir.path());
+    let png = model_dir("glm45v-tiny").join("image.png");
+    let picture = image::open(&png).expect("decode png").to_rgb8();
+    let webp = dir.path().join("image.webp");
+    let file = std::fs::File::create(&webp).expect("create");
+    image::codecs::webp::WebPEncoder::new_lossless(file)
+        .encode(
+            picture.as_raw(),
+            picture.width(),
+            picture.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("encode webp");
+    let jpeg = dir.path().join("image.jpg");
+    picture.save(&jpeg).expect("encode jpeg");
+    let logits = |path: &Path| {
+        let out_file = dir.path().join(format!(
+            "{}.json",
+            path.extension().and_then(|e| e.to_str()).unwrap_or("x")
+        ));
+        Command::cargo_bin("glm")
+            .expect("glm")
+            .arg("logits")
+            .arg(&model)
+            .args([
+                "--prompt",
+                "What is in this picture?",
+                "--no-think",
+                "-t",
+                "2",
+                "--image",
+            ])
+            .arg(path)
+            .arg("-o")
+            .arg(&out_file)
+            .assert()
+            .success();
+        floats(&read_json(&out_file)["logits"][0])
+    };
+    assert_eq!(logits(&webp), logits(&png), "lossless WebP decodes to the same pixels");
+    assert_eq!(logits(&jpeg).len(), logits(&png).len());
+}

@@ -140,7 +140,7 @@ pub struct RunArgs {
     /// The prompt; `-` reads it from standard input.
     #[arg(short, long)]
     pub prompt: String,
-    /// An image for vision models (repeat for several); PNG, JPEG, BMP or GIF.
+    /// An image for vision models (repeat for several); PNG, JPEG, WebP, BMP or GIF.
     #[arg(long = "image", value_name = "FILE")]
     pub images: Vec<PathBuf>,
     /// The vision projector [default: the `*mmproj*.gguf` next to the model].

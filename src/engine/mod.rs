@@ -602,17 +602,7 @@ impl ChatSession<'_> {
         self.clear();
         let mut bitmaps = Vec::with_capacity(images.len());
         for image in images {
-            check_image(image)?;
-            let name = image
-                .to_str()
-                .with_context(|| format!("{}: path is not UTF-8", image.display()))?;
-            let bitmap = MtmdBitmap::from_file(&projector.ctx, name, false).map_err(|e| {
-                anyhow!(
-                    "{}: not an image llama.cpp can read (PNG, JPEG, BMP, GIF): {e}",
-                    image.display()
-                )
-            })?;
-            bitmaps.push(bitmap);
+            bitmaps.push(load_bitmap(image)?);
         }
         let refs: Vec<&MtmdBitmap> = bitmaps.iter().collect();
         let input = MtmdInputText {
@@ -652,11 +642,21 @@ impl ChatSession<'_> {
     }
 }
 
-/// A missing or unreadable file is named before libmtmd sees it (it only says "failed").
-fn check_image(path: &Path) -> Result<()> {
-    let mut head = [0u8; 2];
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open the image", path.display()))?;
-    std::io::Read::read_exact(&mut file, &mut head)
-        .with_context(|| format!("{}: the image file is empty or truncated", path.display()))?;
-    Ok(())
+/// Decodes an image file (PNG, JPEG, WebP, BMP, GIF) to the RGB pixels libmtmd takes.
+/// Decoding here rather than in libmtmd adds WebP and gives errors that say what is wrong.
+fn load_bitmap(path: &Path) -> Result<MtmdBitmap> {
+    let decoded = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open the image", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read the image", path.display()))?
+        .decode()
+        .map_err(|e| {
+            anyhow!(
+                "{}: not a PNG, JPEG, WebP, BMP or GIF image llama.cpp can use: {e}",
+                path.display()
+            )
+        })?;
+    let rgb = decoded.to_rgb8();
+    MtmdBitmap::from_image_data(rgb.width(), rgb.height(), rgb.as_raw())
+        .map_err(|e| anyhow!("{}: cannot pass the image to llama.cpp: {e}", path.display()))
 }
