@@ -415,7 +415,12 @@ fn hf_tensor<T>(model: &str, name: &str, decode: impl Fn(&[u8], &safetensors::Sa
 /// sections llama.cpp needs before it accepts image embeddings.
 #[test]
 fn vision_language_text_model_has_mrope_sections_and_no_vision_tensors() {
-    let model = "glm45v-tiny";
+    for (model, arch) in [("glm45v-tiny", "glm4moe"), ("glm41v-tiny", "glm4")] {
+        check_vision_text_model(model, arch);
+    }
+}
+
+fn check_vision_text_model(model: &str, arch: &str) {
     let config = read_json(&model_dir(model).join("config.json"));
     let text = &config["text_config"];
     let sections = text["rope_parameters"]["mrope_section"]
@@ -425,8 +430,11 @@ fn vision_language_text_model_has_mrope_sections_and_no_vision_tensors() {
     let mut expected: Vec<Value> = sections.clone();
     expected.resize(4, Value::from(0));
     let gguf = read_gguf(model, "f16");
-    assert_eq!(gguf.meta["general.architecture"], "glm4moe");
-    assert_eq!(gguf.meta["glm4moe.rope.dimension_sections"], Value::Array(expected));
+    assert_eq!(gguf.meta["general.architecture"], arch);
+    assert_eq!(
+        gguf.meta[&format!("{arch}.rope.dimension_sections")],
+        Value::Array(expected)
+    );
     assert!(
         gguf.tensors
             .keys()

@@ -40,11 +40,25 @@ const MOE_QUALITY_FLOORS: [(&str, f64, f64); 7] = [
     ("q4_0", 0.18, 3.7),
 ];
 
+/// GLM-4.1V's text model (dense) has only nine reference positions, so one flipped
+/// position is 0.89 agreement. Measured: q8_0 0.89/0.0054, q6_k 1.0/0.012, q5_k_m
+/// 0.78/0.19, q5_k_s 0.78/0.21, q4_k_m 1.0/0.19, q4_k_s 0.89/0.25, q4_0 0.56/1.11.
+const GLM41V_QUALITY_FLOORS: [(&str, f64, f64); 7] = [
+    ("q8_0", 0.85, 0.02),
+    ("q6_k", 0.85, 0.03),
+    ("q5_k_m", 0.65, 0.3),
+    ("q5_k_s", 0.65, 0.32),
+    ("q4_k_m", 0.85, 0.3),
+    ("q4_k_s", 0.75, 0.38),
+    ("q4_0", 0.44, 1.7),
+];
+
 fn quality_floors(model: &str) -> &'static [(&'static str, f64, f64)] {
-    if MOE_MODELS.contains(&model) || VISION_MODELS.contains(&model) {
-        &MOE_QUALITY_FLOORS
-    } else {
-        &DENSE_QUALITY_FLOORS
+    match model {
+        "glm41v-tiny" => &GLM41V_QUALITY_FLOORS,
+        "glm45v-tiny" => &MOE_QUALITY_FLOORS,
+        _ if MOE_MODELS.contains(&model) => &MOE_QUALITY_FLOORS,
+        _ => &DENSE_QUALITY_FLOORS,
     }
 }
 
@@ -227,6 +241,7 @@ parity_tests! {
     glm4moe_air_tiny => "glm4moe-air-tiny",
     glm47flash_tiny => "glm47flash-tiny",
     glm45v_tiny => "glm45v-tiny",
+    glm41v_tiny => "glm41v-tiny",
 }
 
 /// Dropping the NextN layers must not change what the trunk computes.

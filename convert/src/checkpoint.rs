@@ -173,6 +173,11 @@ impl Checkpoint {
         &self.shards[entry.shard].map[start..end]
     }
 
+    /// Raw bytes `bytes` (relative to the tensor's start) of `entry`.
+    pub fn row_bytes_raw(&self, entry: &TensorEntry, bytes: std::ops::Range<usize>) -> &[u8] {
+        &self.shards[entry.shard].map[entry.start + bytes.start..(entry.start + bytes.end).min(entry.end)]
+    }
+
     /// Tells the kernel we are done with these rows, so that their pages leave our
     /// resident set; without this a streamed conversion would still end up with the
     /// whole checkpoint counted as resident memory.

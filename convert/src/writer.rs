@@ -175,7 +175,11 @@ pub(crate) fn plan_headers(
                 let entry = source_entry(checkpoint, slice)?;
                 let rows = slice_rows(slice, entry)?;
                 let (row_len, n_rows) = written_shape(slice, entry, &rows);
-                if row_len as u64 != p.ne[0] {
+                if slice.elements {
+                    if p.ne.len() != 1 {
+                        return Err(ConvertError::tensor(&p.name, "element slices only build vectors"));
+                    }
+                } else if row_len as u64 != p.ne[0] {
                     return Err(ConvertError::tensor(
                         &p.name,
                         format!(
@@ -279,8 +283,13 @@ fn source_entry<'a>(checkpoint: &'a Checkpoint, slice: &SourceSlice) -> Result<&
 
 /// The rows a slice selects, checked against the tensor's row count.
 fn slice_rows(slice: &SourceSlice, entry: &TensorEntry) -> Result<Range<usize>> {
-    let rows = slice.rows.clone().unwrap_or(0..entry.n_rows());
-    if rows.start > rows.end || rows.end > entry.n_rows() {
+    let count = if slice.elements {
+        entry.n_elements()
+    } else {
+        entry.n_rows()
+    };
+    let rows = slice.rows.clone().unwrap_or(0..count);
+    if rows.start > rows.end || rows.end > count {
         return Err(ConvertError::tensor(
             &entry.name,
             format!("rows {rows:?} requested, the tensor has {}", entry.n_rows()),
@@ -291,6 +300,9 @@ fn slice_rows(slice: &SourceSlice, entry: &TensorEntry) -> Result<Range<usize>> 
 
 /// (row length, row count) of a slice as written, after its optional transpose.
 fn written_shape(slice: &SourceSlice, entry: &TensorEntry, rows: &Range<usize>) -> (usize, usize) {
+    if slice.elements {
+        return (rows.len(), 1);
+    }
     if slice.transpose {
         (rows.len(), entry.row_len())
     } else {
@@ -346,6 +358,12 @@ fn write_tensor<W: Write>(
     for (index, slice) in plan.sources.iter().enumerate() {
         let entry = source_entry(checkpoint, slice).map_err(WriteError::Convert)?;
         let rows = slice_rows(slice, entry).map_err(WriteError::Convert)?;
+        if slice.elements {
+            let size = entry.dtype.size();
+            let bytes = checkpoint.row_bytes_raw(entry, rows.start * size..rows.end * size);
+            written += encode_rows(out, bytes, entry.dtype, rows.len(), encoder, index)?;
+            continue;
+        }
         if slice.transpose {
             written += write_transposed(out, checkpoint, entry, rows.clone(), encoder, index)?;
             progress.advance((rows.len() * entry.row_len() * entry.dtype.size()) as u64);

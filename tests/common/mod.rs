@@ -18,8 +18,8 @@ pub const DENSE_MODELS: [&str; 2] = ["glm-tiny", "glm4-tiny"];
 /// Mixture-of-experts fixtures (GLM-4.5-like, GLM-4.5-Air-like, GLM-4.7-Flash-like).
 pub const MOE_MODELS: [&str; 3] = ["glm4moe-tiny", "glm4moe-air-tiny", "glm47flash-tiny"];
 
-/// The text half of a vision-language fixture (GLM-4.5V shaped; the MoE tokenizer).
-pub const VISION_MODELS: [&str; 1] = ["glm45v-tiny"];
+/// Vision-language fixtures (GLM-4.5V and GLM-4.1V shaped; the MoE tokenizer).
+pub const VISION_MODELS: [&str; 2] = ["glm45v-tiny", "glm41v-tiny"];
 
 /// Tokenization references of the tokenizer a fixture uses.
 pub fn tokenization_file(model: &str) -> PathBuf {

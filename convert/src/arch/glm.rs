@@ -18,4 +18,5 @@ pub const GLM: DenseGlm = DenseGlm {
         unk: Some("<|endoftext|>"),
         pad: None,
     },
+    vision: false,
 };

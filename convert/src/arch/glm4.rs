@@ -22,4 +22,13 @@ pub const GLM4: DenseGlm = DenseGlm {
         unk: Some("<|endoftext|>"),
         pad: Some("<|endoftext|>"),
     },
+    vision: false,
+};
+
+/// `Glm4vForConditionalGeneration` (GLM-4.1V-9B-Thinking, GLM-4.6V-Flash): the same text
+/// model under `model.language_model.`, with M-RoPE; the vision tower goes to the mmproj.
+pub const GLM4V: DenseGlm = DenseGlm {
+    hf_name: "Glm4vForConditionalGeneration",
+    vision: true,
+    ..GLM4
 };

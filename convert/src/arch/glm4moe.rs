@@ -6,13 +6,13 @@
 //! the trunk. HF's `post_attention_layernorm` is llama.cpp's `post_attention_norm` here.
 
 use super::{
-    global_tensor_role, gqa_attention_tensor, layer_tensor, moe, write_common_hparams, write_gqa_hparams, Architecture,
-    LayerCounts, PlanOptions, TensorRole,
+    global_tensor_role, gqa_attention_tensor, is_vision_tensor, layer_tensor, moe, write_common_hparams,
+    write_gqa_hparams, write_mrope_sections, Architecture, LayerCounts, PlanOptions, TensorRole,
 };
 use crate::checkpoint::TensorEntry;
 use crate::config::HfConfig;
 use crate::error::Result;
-use crate::gguf::{MetaValue, Metadata};
+use crate::gguf::Metadata;
 use crate::tokenizer::SpecialTokens;
 
 /// `vision`: the text half of `Glm4vMoeForConditionalGeneration` (GLM-4.5V, GLM-4.6V):
@@ -74,23 +74,4 @@ impl Architecture for Glm4Moe {
     fn expert_count(&self, config: &HfConfig) -> Result<u32> {
         moe::expert_count(config)
     }
-}
-
-fn is_vision_tensor(name: &str) -> bool {
-    name.starts_with("model.visual.") || name.starts_with("visual.")
-}
-
-/// `mrope_section` padded to the four sections llama.cpp reads; with it llama.cpp runs
-/// the text model with multimodal RoPE, which image positions need.
-fn write_mrope_sections(arch: &str, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
-    let sections = config
-        .rope_list("mrope_section")?
-        .ok_or_else(|| config.error("no `mrope_section` in rope_parameters or rope_scaling"))?;
-    if sections.is_empty() || sections.len() > 4 {
-        return Err(config.error(format!("`mrope_section` {sections:?} must have 1 to 4 entries")));
-    }
-    let mut padded = sections;
-    padded.resize(4, 0);
-    meta.set(format!("{arch}.rope.dimension_sections"), MetaValue::I32Array(padded));
-    Ok(())
 }

@@ -73,6 +73,8 @@ pub struct SourceSlice {
     pub rows: Option<Range<usize>>,
     /// Write the selected block transposed (its rows become columns).
     pub transpose: bool,
+    /// `rows` counts single elements of a vector (for re-ordering biases).
+    pub elements: bool,
 }
 
 impl SourceSlice {
@@ -81,6 +83,7 @@ impl SourceSlice {
             tensor: tensor.to_owned(),
             rows: None,
             transpose: false,
+            elements: false,
         }
     }
 
@@ -89,6 +92,14 @@ impl SourceSlice {
             tensor: tensor.to_owned(),
             rows: Some(rows),
             transpose: false,
+            elements: false,
+        }
+    }
+
+    pub fn elements(tensor: &str, elements: Range<usize>) -> Self {
+        Self {
+            elements: true,
+            ..Self::rows(tensor, elements)
         }
     }
 }
@@ -174,6 +185,7 @@ pub trait Architecture: Sync {
 static ARCHITECTURES: &[&dyn Architecture] = &[
     &glm::GLM,
     &glm4::GLM4,
+    &glm4::GLM4V,
     &glm4moe::Glm4Moe { vision: false },
     &glm4moe::Glm4Moe { vision: true },
     &glm4moe_lite::Glm4MoeLite,
@@ -262,6 +274,9 @@ pub struct DenseGlm {
     /// HF norm names below the layer → GGUF names below `blk.N.`.
     pub norms: &'static [(&'static str, &'static str)],
     pub special_tokens: SpecialTokens,
+    /// The text half of a vision-language checkpoint (GLM-4.1V): M-RoPE sections, and
+    /// q/k rows re-ordered from interleaved to NeoX rotation, which llama.cpp's M-RoPE uses.
+    pub vision: bool,
 }
 
 impl Architecture for DenseGlm {
@@ -275,18 +290,34 @@ impl Architecture for DenseGlm {
 
     fn write_hparams(&self, config: &HfConfig, layers: LayerCounts, meta: &mut Metadata) -> Result<()> {
         write_common_hparams(self.gguf_arch, config, layers, meta)?;
-        write_gqa_hparams(self.gguf_arch, config, false, meta)
+        write_gqa_hparams(self.gguf_arch, config, false, meta)?;
+        if self.vision {
+            write_mrope_sections(self.gguf_arch, config, meta)?;
+        }
+        Ok(())
     }
 
     fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, _: &PlanOptions) -> Result<Option<TensorRole>> {
         if let Some(role) = global_tensor_role(config, &entry.name) {
             return Ok(Some(role));
         }
+        if self.vision && is_vision_tensor(&entry.name) {
+            return Ok(Some(TensorRole::Skip));
+        }
         let Some((layer, rest)) = layer_tensor(&entry.name) else {
             return Ok(None);
         };
         if rest.ends_with("rotary_emb.inv_freq") {
             return Ok(Some(TensorRole::Skip));
+        }
+        if self.vision {
+            if let Some(name) = rest
+                .strip_prefix("self_attn.")
+                .filter(|r| r.starts_with("q_proj.") || r.starts_with("k_proj."))
+            {
+                let gguf = format!("blk.{layer}.attn_{}", &name[..1]) + &name[6..];
+                return Ok(Some(TensorRole::Derived(vec![neox_rows(config, entry, gguf)?])));
+            }
         }
         let norm = self.norms.iter().find(|(hf, _)| *hf == rest).map(|(_, gguf)| *gguf);
         Ok(norm
@@ -297,6 +328,63 @@ impl Architecture for DenseGlm {
     fn special_tokens(&self) -> SpecialTokens {
         self.special_tokens
     }
+}
+
+pub(crate) fn is_vision_tensor(name: &str) -> bool {
+    name.starts_with("model.visual.") || name.starts_with("visual.")
+}
+
+/// `mrope_section` padded to the four sections llama.cpp reads; with it llama.cpp runs
+/// the text model with multimodal RoPE, which image positions need.
+pub(crate) fn write_mrope_sections(arch: &str, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
+    let sections = config
+        .rope_list("mrope_section")?
+        .ok_or_else(|| config.error("no `mrope_section` in rope_parameters or rope_scaling"))?;
+    if sections.is_empty() || sections.len() > 4 {
+        return Err(config.error(format!("`mrope_section` {sections:?} must have 1 to 4 entries")));
+    }
+    let mut padded = sections;
+    padded.resize(4, 0);
+    meta.set(
+        format!("{arch}.rope.dimension_sections"),
+        crate::gguf::MetaValue::I32Array(padded),
+    );
+    Ok(())
+}
+
+/// A q or k projection (weight rows, or bias elements) with each head's rotated part
+/// re-ordered from interleaved pairs to halves: [0, 2, 4, …, 1, 3, 5, …], the rest as is.
+fn neox_rows(config: &HfConfig, entry: &TensorEntry, gguf: String) -> Result<PlannedTensor> {
+    let head_dim = config.head_dim()? as usize;
+    let rotated = (head_dim as f64 * config.rope_f64("partial_rotary_factor")?.unwrap_or(0.5)).round() as usize;
+    let rows = entry.shape[0];
+    if !rotated.is_multiple_of(2) || rotated > head_dim || !rows.is_multiple_of(head_dim) {
+        return Err(ConvertError::tensor(
+            &entry.name,
+            format!("cannot re-order {rows} rows in heads of {head_dim} with {rotated} rotated"),
+        ));
+    }
+    let is_bias = entry.shape.len() == 1;
+    let slice = |range: Range<usize>| {
+        if is_bias {
+            SourceSlice::elements(&entry.name, range)
+        } else {
+            SourceSlice::rows(&entry.name, range)
+        }
+    };
+    let mut sources = Vec::new();
+    for head in (0..rows).step_by(head_dim) {
+        let order = (0..rotated).step_by(2).chain((1..rotated).step_by(2));
+        sources.extend(order.map(|r| slice(head + r..head + r + 1)));
+        if rotated < head_dim {
+            sources.push(slice(head + rotated..head + head_dim));
+        }
+    }
+    Ok(PlannedTensor {
+        name: gguf,
+        sources,
+        ne: entry.ne(),
+    })
 }
 
 /// Attention and MLP tensors shared by the dense GLM blocks (chatglm and glm4 layouts).
