@@ -6,8 +6,8 @@
 //! the trunk. HF's `post_attention_layernorm` is llama.cpp's `post_attention_norm` here.
 
 use super::{
-    global_tensor_role, gqa_attention_tensor, is_vision_tensor, layer_tensor, moe, write_common_hparams,
-    write_gqa_hparams, write_mrope_sections, Architecture, LayerCounts, PlanOptions, TensorRole,
+    global_tensor_role, gqa_attention_tensor, layer_tensor, moe, write_common_hparams, write_gqa_hparams,
+    write_mrope_sections, Architecture, LayerCounts, PlanOptions, TensorRole,
 };
 use crate::checkpoint::TensorEntry;
 use crate::config::HfConfig;
@@ -44,11 +44,8 @@ impl Architecture for Glm4Moe {
     }
 
     fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, options: &PlanOptions) -> Result<Option<TensorRole>> {
-        if let Some(role) = global_tensor_role(config, &entry.name) {
+        if let Some(role) = global_tensor_role(config, &entry.name, self.vision) {
             return Ok(Some(role));
-        }
-        if self.vision && is_vision_tensor(&entry.name) {
-            return Ok(Some(TensorRole::Skip));
         }
         let Some((layer, rest)) = layer_tensor(&entry.name) else {
             return Ok(None);

@@ -67,7 +67,7 @@ impl Architecture for Glm4MoeLite {
     }
 
     fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, options: &PlanOptions) -> Result<Option<TensorRole>> {
-        if let Some(role) = global_tensor_role(config, &entry.name) {
+        if let Some(role) = global_tensor_role(config, &entry.name, false) {
             return Ok(Some(role));
         }
         let Some((layer, rest)) = layer_tensor(&entry.name) else {

@@ -253,7 +253,11 @@ pub(crate) fn text_name(hf_name: &str) -> String {
 }
 
 /// Tensors every GLM text model has outside its layers.
-pub(crate) fn global_tensor_role(config: &HfConfig, hf_name: &str) -> Option<TensorRole> {
+/// `vision`: the checkpoint also holds a vision tower, which the text file leaves out.
+pub(crate) fn global_tensor_role(config: &HfConfig, hf_name: &str, vision: bool) -> Option<TensorRole> {
+    if vision && is_vision_tensor(hf_name) {
+        return Some(TensorRole::Skip);
+    }
     let name = text_name(hf_name);
     let gguf = match name.as_str() {
         "model.embed_tokens.weight" => "token_embd.weight",
@@ -298,11 +302,8 @@ impl Architecture for DenseGlm {
     }
 
     fn tensor_role(&self, config: &HfConfig, entry: &TensorEntry, _: &PlanOptions) -> Result<Option<TensorRole>> {
-        if let Some(role) = global_tensor_role(config, &entry.name) {
+        if let Some(role) = global_tensor_role(config, &entry.name, self.vision) {
             return Ok(Some(role));
-        }
-        if self.vision && is_vision_tensor(&entry.name) {
-            return Ok(Some(TensorRole::Skip));
         }
         let Some((layer, rest)) = layer_tensor(&entry.name) else {
             return Ok(None);
@@ -330,7 +331,7 @@ impl Architecture for DenseGlm {
     }
 }
 
-pub(crate) fn is_vision_tensor(name: &str) -> bool {
+fn is_vision_tensor(name: &str) -> bool {
     name.starts_with("model.visual.") || name.starts_with("visual.")
 }
 
