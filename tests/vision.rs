@@ -50,6 +50,14 @@ fn convert(dir: &Path) -> PathBuf {
     text
 }
 
+/// The converted fixture and a 56×56 test image, both in `dir`.
+fn converted_with_image(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = convert(dir);
+    let image = dir.join("gradient.bmp");
+    write_bmp(&image, 56, 56);
+    (model, image)
+}
+
 fn run(model: &Path, extra: &[&str]) -> std::process::Output {
     Command::cargo_bin("glm")
         .expect("glm")
@@ -87,9 +95,7 @@ fn prompt_tokens(out: &std::process::Output) -> usize {
 #[test]
 fn images_go_through_the_projector() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = convert(dir.path());
-    let image = dir.path().join("gradient.bmp");
-    write_bmp(&image, 56, 56);
+    let (model, image) = converted_with_image(dir.path());
     let text_only = run(&model, &[]);
     assert!(
         text_only.status.success(),
@@ -146,9 +152,7 @@ fn broken_images_and_missing_projectors_fail_cleanly() {
 #[test]
 fn chat_image_command_attaches_images() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = convert(dir.path());
-    let image = dir.path().join("gradient.bmp");
-    write_bmp(&image, 56, 56);
+    let (model, image) = converted_with_image(dir.path());
     let saved = dir.path().join("c.json");
     let input = format!(
         "/image {}\nWhat is in the picture?\nAnd its colours?\n/save {}\n",

@@ -73,13 +73,7 @@ pub fn requantize(
     let written = write_atomically(output, |out| {
         let mut written = gguf::write_header(out, &meta, &outputs)?;
         for ((source, offset), target) in header.tensors.iter().zip(&outputs) {
-            let encoder = Encoder {
-                name: &target.name,
-                ty: target.ggml_type,
-                row_len: target.ne[0] as usize,
-                quantizer: options.quantizer,
-                importance: options.importance.and_then(|m| m.get(&target.name)),
-            };
+            let encoder = Encoder::for_tensor(target, options);
             let bytes = &map[*offset as usize..(*offset + source.n_bytes()) as usize];
             written += reencode(out, bytes, source, &encoder)?;
             progress.advance(bytes.len() as u64);

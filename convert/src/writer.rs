@@ -117,13 +117,7 @@ pub(crate) fn write_planned(
     write_atomically(output, |out| {
         let mut written = gguf::write_header(out, meta, headers)?;
         for (plan, header) in planned.iter().zip(headers) {
-            let encoder = Encoder {
-                name: &plan.name,
-                ty: header.ggml_type,
-                row_len: header.ne[0] as usize,
-                quantizer: options.quantizer,
-                importance: options.importance.and_then(|m| m.get(&plan.name)),
-            };
+            let encoder = Encoder::for_tensor(header, options);
             written += write_tensor(out, checkpoint, plan, header, &encoder, progress)?;
         }
         Ok(written)
@@ -320,7 +314,19 @@ pub(crate) struct Encoder<'a> {
     pub importance: Option<&'a [f32]>,
 }
 
-impl Encoder<'_> {
+impl<'a> Encoder<'a> {
+    /// The encoder of one output tensor: its type and row length, the options' quantizer
+    /// and the importance weights recorded under its name.
+    pub fn for_tensor(header: &'a TensorHeader, options: &'a ConvertOptions) -> Self {
+        Self {
+            name: &header.name,
+            ty: header.ggml_type,
+            row_len: header.ne[0] as usize,
+            quantizer: options.quantizer,
+            importance: options.importance.and_then(|m| m.get(&header.name)),
+        }
+    }
+
     /// The importance weights of the `source`-th slice (its expert, for stacked tensors).
     fn importance_for(&self, source: usize) -> Option<&[f32]> {
         let all = self.importance?;
