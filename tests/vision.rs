@@ -50,6 +50,23 @@ fn convert(dir: &Path) -> PathBuf {
     text
 }
 
+/// `glm logits --image`: the last-position logits of `text` with `image`.
+fn image_logits(model: &Path, text: &str, image: &Path, extra: &[&str], out_file: &Path) -> Vec<f32> {
+    Command::cargo_bin("glm")
+        .expect("glm")
+        .arg("logits")
+        .arg(model)
+        .args(["--prompt", text, "--no-think", "-t", "2"])
+        .args(extra)
+        .arg("--image")
+        .arg(image)
+        .arg("-o")
+        .arg(out_file)
+        .assert()
+        .success();
+    floats(&read_json(out_file)["logits"][0])
+}
+
 /// The converted fixture and a 56×56 test image, both in `dir`.
 fn converted_with_image(dir: &Path) -> (PathBuf, PathBuf) {
     let model = convert(dir);
@@ -209,29 +226,10 @@ fn check_image_logits(model_name: &str) {
     let text = image_case["messages"][0]["content"][1]["text"]
         .as_str()
         .expect("prompt text");
-    let out_file = dir.path().join("logits.json");
-    Command::cargo_bin("glm")
-        .expect("glm")
-        .arg("logits")
-        .arg(&model)
-        .args([
-            "--prompt",
-            text,
-            "--no-think",
-            "--cache-type",
-            "f32",
-            "--flash-attn",
-            "off",
-            "-t",
-            "2",
-            "--image",
-        ])
-        .arg(model_dir(model_name).join(image_case["image"].as_str().expect("image")))
-        .arg("-o")
-        .arg(&out_file)
-        .assert()
-        .success();
-    let got = floats(&read_json(&out_file)["logits"][0]);
+    let image = model_dir(model_name).join(image_case["image"].as_str().expect("image"));
+    let exact = ["--cache-type", "f32", "--flash-attn", "off"];
+    let got = image_logits(&model, text, &image, &exact, &dir.path().join("logits.json"));
+
     let expected = floats(&image_case["last_logits"]);
     assert_eq!(got.len(), expected.len());
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -294,24 +292,7 @@ fn webp_and_jpeg_images_are_read() {
             "{}.json",
             path.extension().and_then(|e| e.to_str()).unwrap_or("x")
         ));
-        Command::cargo_bin("glm")
-            .expect("glm")
-            .arg("logits")
-            .arg(&model)
-            .args([
-                "--prompt",
-                "What is in this picture?",
-                "--no-think",
-                "-t",
-                "2",
-                "--image",
-            ])
-            .arg(path)
-            .arg("-o")
-            .arg(&out_file)
-            .assert()
-            .success();
-        floats(&read_json(&out_file)["logits"][0])
+        image_logits(&model, "What is in this picture?", path, &[], &out_file)
     };
     assert_eq!(logits(&webp), logits(&png), "lossless WebP decodes to the same pixels");
     assert_eq!(logits(&jpeg).len(), logits(&png).len());
