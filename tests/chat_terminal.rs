@@ -11,6 +11,7 @@ use common::*;
 use rexpect::session::{spawn_command, PtySession};
 
 const PROMPT: &str = "» ";
+const BRACKETED_PASTE_OFF: &str = "\u{1b}[?2004l";
 
 fn start(model: &Path, history: &Path, extra: &[&str]) -> PtySession {
     let mut command = Command::new(env!("CARGO_BIN_EXE_glm"));
@@ -42,7 +43,12 @@ fn commands_history_and_exit() {
     chat.exp_string(PROMPT).expect("prompt");
     // Tab completes a command.
     chat.send("/rea\t").expect("send");
+    chat.flush().expect("flush");
+    chat.exp_string("/reasoning ").expect("completed command");
     chat.send_line("hide").expect("send");
+    // The line editor redraws "» " while editing, so only output printed after the
+    // command ran proves that the next "» " is a fresh prompt in raw mode.
+    chat.exp_string("(reasoning hidden)").expect("command ran");
     chat.exp_string(PROMPT).expect("prompt");
     // Ctrl-C at an empty prompt tells how to leave; Ctrl-D leaves.
     chat.send_control('c').expect("ctrl-c");
@@ -73,7 +79,11 @@ fn ctrl_c_stops_an_answer_and_keeps_the_conversation() {
     // An answer that cannot end by itself before Ctrl-C arrives.
     let mut chat = start(&model, &history, &["-n", "200000", "-c", "200000", "--ignore-eos"]);
     chat.send_line("Tell me a long story").expect("send");
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // The editor turns bracketed paste off as it hands the terminal back: from then on
+    // Ctrl-C is a signal meant for the answer, even before its first token.
+    chat.exp_string(BRACKETED_PASTE_OFF).expect("line accepted");
+    // Usually mid-stream by now; either way the Ctrl-C is this answer's.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     chat.send_control('c').expect("ctrl-c");
     chat.exp_string("(interrupted)").expect("interrupted notice");
     chat.exp_string(PROMPT).expect("back at the prompt");

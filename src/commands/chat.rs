@@ -101,8 +101,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         engine: &engine,
         threads: context.threads,
     };
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     if interactive {
+        // Only a person at the terminal gets "Ctrl-C stops the answer"; a script fed
+        // through a pipe keeps the usual meaning, stop the program.
+        ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
         repl(&mut state)
     } else {
         scripted(&mut state)
@@ -148,6 +150,9 @@ fn repl(state: &mut ChatState) -> Result<()> {
     let history = history_file();
     eprintln!("glm chat — /help for commands, Ctrl-D to leave.");
     loop {
+        // While the editor reads, Ctrl-C reaches it and not our handler; from Enter on,
+        // a Ctrl-C is meant for the answer to this message, even before it streams.
+        INTERRUPTED.store(false, Ordering::SeqCst);
         let text = match prompt_user(history.as_deref())? {
             Prompted::Message(text) => text,
             Prompted::Eof => break,
@@ -432,7 +437,6 @@ fn answer(state: &mut ChatState) -> Result<()> {
         }
         eprintln!("(context full: dropped the oldest {dropped} messages)");
     };
-    INTERRUPTED.store(false, Ordering::SeqCst);
     let images = state.conversation.images();
     let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
     let mut write_error = None;
