@@ -494,6 +494,11 @@ impl<'m> ChatSession<'m> {
             text.clear();
             text.reserve(piece.len() + 4);
             let _ = decoder.decode_to_string(&piece, &mut text, false);
+            // Shown before the next forward pass, not after it; a stop here leaves the token
+            // out of the cache, and the next turn evaluates its text again.
+            if !text.is_empty() && !on_text(&text) {
+                break;
+            }
             batch.clear();
             batch.add(token, self.next_position as i32, &[0], true)?;
             self.next_position += 1;
@@ -502,9 +507,6 @@ impl<'m> ChatSession<'m> {
                 .decode(&mut batch)
                 .context("llama.cpp failed to evaluate a generated token")?;
             index = 0;
-            if !text.is_empty() && !on_text(&text) {
-                break;
-            }
         }
         stats.generation_time = started.elapsed();
         Ok(stats)
