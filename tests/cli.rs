@@ -269,6 +269,46 @@ fn run_streams_text_and_reports_speed() {
     assert!(stderr.contains("tok/s"), "{stderr}");
 }
 
+/// A failed write of the answer is an error that says what failed; a closed pipe
+/// (`glm run … | head`) is not.
+#[test]
+fn run_reports_a_failed_write_but_not_a_closed_pipe() {
+    let model = converted("glm-tiny", "q8_0");
+    // std's Command: assert_cmd's cannot hand the child a file or a pipe as stdout.
+    let run = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_glm"));
+        command.arg("run").arg(&model).args([
+            "-p",
+            "Hello there",
+            "--temp",
+            "0",
+            "-n",
+            "64",
+            "--ignore-eos",
+            "-t",
+            "2",
+        ]);
+        command
+    };
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = run().stdout(full).output().expect("run");
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("writing the answer to standard output"), "{stderr}");
+
+    let mut reader = run()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    drop(reader.stdout.take());
+    let out = reader.wait_with_output().expect("run");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
 /// GLM-Z1's template opens `<think>` in the prompt, so everything the model writes before
 /// `</think>` is reasoning: it goes to stderr, and `--hide-reasoning` drops it.
 #[test]

@@ -439,14 +439,7 @@ fn answer(state: &mut ChatState) -> Result<()> {
     };
     let images = state.conversation.images();
     let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
-    let mut write_error = None;
-    let mut on_text = |text: &str| {
-        if let Err(e) = printer.push(text) {
-            write_error = Some(e);
-            return false;
-        }
-        !INTERRUPTED.load(Ordering::SeqCst)
-    };
+    let mut on_text = |text: &str| printer.push(text) && !INTERRUPTED.load(Ordering::SeqCst);
     let (max_tokens, sampling) = (state.generation.max_tokens, state.sampling.clone());
     let stats = if images.is_empty() {
         state.session.respond(&tokens, max_tokens, &sampling, &mut on_text)?
@@ -461,10 +454,7 @@ fn answer(state: &mut ChatState) -> Result<()> {
             .session
             .respond_with_images(projector, &prompt, &images, max_tokens, &sampling, &mut on_text)?
     };
-    let reply: Reply = printer.finish()?;
-    if let Some(e) = write_error {
-        return Err(e.into());
-    }
+    let reply: Reply = printer.finish().context("writing the answer")?;
     if INTERRUPTED.swap(false, Ordering::SeqCst) {
         eprintln!("(interrupted)");
     }

@@ -20,6 +20,8 @@ pub struct ReplyPrinter {
     dim: bool,
     reasoning_open: bool,
     reply: Reply,
+    /// The first write that failed (a closed pipe, a full disk); reported by `finish`.
+    write_error: Option<std::io::Error>,
 }
 
 impl ReplyPrinter {
@@ -30,16 +32,24 @@ impl ReplyPrinter {
             dim: std::io::stderr().is_terminal(),
             reasoning_open: false,
             reply: Reply::default(),
+            write_error: None,
         }
     }
 
-    pub fn push(&mut self, text: &str) -> std::io::Result<()> {
+    /// Prints a streamed piece; `false` once output has failed, so generation can stop.
+    pub fn push(&mut self, text: &str) -> bool {
         let segments = self.splitter.push(text);
-        self.write(segments)
+        if let Err(e) = self.write(segments) {
+            self.write_error = Some(e);
+        }
+        self.write_error.is_none()
     }
 
-    /// Flushes the stream and returns the whole reply.
+    /// Flushes the stream and returns the whole reply, or the first write error.
     pub fn finish(&mut self) -> std::io::Result<Reply> {
+        if let Some(e) = self.write_error.take() {
+            return Err(e);
+        }
         let segments = self.splitter.finish();
         self.write(segments)?;
         self.close_reasoning()?;

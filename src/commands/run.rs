@@ -11,15 +11,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text, args.images.len())?;
     let sampling = super::sampling(&args.generation);
     let mut output = ReplyPrinter::new(prompt_opens_thinking(&prompt), !args.generation.hide_reasoning);
-    let mut write_failed = None;
     let context = super::context_options(&args.model);
-    let mut on_text = |text: &str| match output.push(text) {
-        Ok(()) => true,
-        Err(e) => {
-            write_failed = Some(e);
-            false
-        }
-    };
+    let mut on_text = |text: &str| output.push(text);
     let stats = if args.images.is_empty() {
         let tokens = engine.tokenize(&prompt);
         engine.generate(&tokens, args.generation.max_tokens, &sampling, &context, &mut on_text)?
@@ -36,10 +29,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             &mut on_text,
         )?
     };
-    let finished = output.finish();
-    if let Some(e) = write_failed.or(finished.err()) {
+    if let Err(e) = output.finish() {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
+            return Err(anyhow::Error::new(e).context("writing the answer to standard output"));
         }
     }
     let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
