@@ -239,20 +239,18 @@ impl Engine {
         let mut rows = Vec::new();
         for (chunk_index, chunk) in tokens.chunks(n_batch).enumerate() {
             let start = chunk_index * n_batch;
+            let wanted = |i: usize| all_positions || start + i + 1 == tokens.len();
             let mut batch = LlamaBatch::new(chunk.len(), 1);
             for (i, token) in chunk.iter().enumerate() {
-                let pos = start + i;
-                let wanted = all_positions || pos + 1 == tokens.len();
-                batch.add(*token, pos as i32, &[0], wanted)?;
+                batch.add(*token, (start + i) as i32, &[0], wanted(i))?;
             }
             ctx.decode(&mut batch)
                 .context("llama.cpp failed to evaluate the tokens")?;
-            for (i, _) in chunk.iter().enumerate() {
-                let pos = start + i;
-                if all_positions || pos + 1 == tokens.len() {
-                    rows.push(ctx.get_logits_ith(i as i32).to_vec());
-                }
-            }
+            rows.extend(
+                (0..chunk.len())
+                    .filter(|&i| wanted(i))
+                    .map(|i| ctx.get_logits_ith(i as i32).to_vec()),
+            );
         }
         Ok(rows)
     }
