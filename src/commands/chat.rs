@@ -4,7 +4,6 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
@@ -39,21 +38,13 @@ const HELP: &str = "\
 /stats                tokens and speed of the last answer
 Multi-line input: end a line with \\ to continue it, or wrap text in \"\"\" … \"\"\".";
 
-const COMMANDS: [&str; 13] = [
-    "/help",
-    "/exit",
-    "/clear",
-    "/system",
-    "/think",
-    "/reasoning",
-    "/regen",
-    "/save",
-    "/load",
-    "/tool",
-    "/set",
-    "/stats",
-    "/quit",
-];
+/// The slash commands Tab completes: those /help lists, and /quit, /exit's twin.
+fn command_names() -> impl Iterator<Item = &'static str> {
+    HELP.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|word| word.starts_with('/'))
+        .chain(["/quit"])
+}
 
 /// Everything one chat keeps between turns.
 struct ChatState<'e> {
@@ -398,16 +389,15 @@ fn stats(state: &ChatState) {
         eprintln!("(no answer yet)");
         return;
     };
-    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64().max(1e-9);
     eprintln!(
         "prompt: {} new tokens evaluated ({} reused from the cache), {:.1} tok/s\n\
          answer: {} tokens, {:.1} tok/s\n\
          context: {} messages",
         s.prompt_tokens,
         s.reused_tokens,
-        rate(s.prompt_tokens, s.prompt_time),
+        s.prompt_rate(),
         s.generated_tokens,
-        rate(s.generated_tokens, s.generation_time),
+        s.generation_rate(),
         state.conversation.messages().len()
     );
 }
@@ -489,11 +479,10 @@ impl Completer for ReplHelper {
 
     fn complete(&self, line: &str, pos: usize, ctx: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
         if line.starts_with('/') && !line[..pos].contains(' ') {
-            let matches = COMMANDS
-                .iter()
+            let matches = command_names()
                 .filter(|c| c.starts_with(&line[..pos]))
                 .map(|c| Pair {
-                    display: (*c).to_owned(),
+                    display: c.to_owned(),
                     replacement: format!("{c} "),
                 })
                 .collect();

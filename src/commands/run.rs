@@ -34,13 +34,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             return Err(anyhow::Error::new(e).context("writing the answer to standard output"));
         }
     }
-    let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
     eprintln!(
         "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s",
         stats.prompt_tokens,
-        rate(stats.prompt_tokens, stats.prompt_time),
+        stats.prompt_rate(),
         stats.generated_tokens,
-        rate(stats.generated_tokens, stats.generation_time)
+        stats.generation_rate()
     );
     Ok(())
 }

@@ -132,6 +132,22 @@ pub struct GenerationStats {
     pub stopped_at_end_of_turn: bool,
 }
 
+impl GenerationStats {
+    /// Prompt tokens evaluated per second.
+    pub fn prompt_rate(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prompt_time)
+    }
+
+    /// Tokens generated per second.
+    pub fn generation_rate(&self) -> f64 {
+        per_second(self.generated_tokens, self.generation_time)
+    }
+}
+
+fn per_second(count: usize, time: Duration) -> f64 {
+    count as f64 / time.as_secs_f64().max(1e-9)
+}
+
 pub struct Engine {
     model: LlamaModel,
     end_of_turn: Vec<LlamaToken>,
