@@ -122,6 +122,13 @@ pub fn padding(len: u64) -> u64 {
     (ALIGNMENT - len % ALIGNMENT) % ALIGNMENT
 }
 
+/// Pads what follows `written` bytes to `ALIGNMENT`; returns the padded length.
+pub fn write_padding<W: Write>(out: &mut W, written: u64) -> io::Result<u64> {
+    let pad = padding(written);
+    out.write_all(&vec![0u8; pad as usize])?;
+    Ok(written + pad)
+}
+
 /// Writes magic, version, counts, metadata and tensor infos, then pads to the data
 /// section. Offsets follow the order of `tensors`, each padded to `ALIGNMENT`.
 pub fn write_header<W: Write>(out: &mut W, meta: &Metadata, tensors: &[TensorHeader]) -> io::Result<u64> {
@@ -148,9 +155,8 @@ pub fn write_header<W: Write>(out: &mut W, meta: &Metadata, tensors: &[TensorHea
         let n = t.n_bytes();
         offset += n + padding(n);
     }
-    let pad = padding(w.written);
-    w.write_all(&vec![0u8; pad as usize])?;
-    Ok(w.written)
+    let written = w.written;
+    write_padding(w, written)
 }
 
 fn write_string<W: Write>(w: &mut W, s: &str) -> io::Result<()> {

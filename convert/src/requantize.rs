@@ -13,8 +13,8 @@ use crate::gguf::{self, MetaValue, TensorHeader};
 use crate::preset::TypePlanner;
 use crate::tensor_type::GgmlType;
 use crate::writer::{
-    check_importance, encode_rows, write_atomically, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError,
-    CHUNK_ELEMENTS,
+    check_importance, encode_rows, end_tensor_data, write_atomically, ConvertOptions, ConvertSummary, Encoder,
+    Progress, WriteError, CHUNK_ELEMENTS,
 };
 
 pub fn requantize(
@@ -75,7 +75,7 @@ pub fn requantize(
         for ((source, offset), target) in header.tensors.iter().zip(&outputs) {
             let encoder = Encoder::for_tensor(target, options);
             let bytes = &map[*offset as usize..(*offset + source.n_bytes()) as usize];
-            written += reencode(out, bytes, source, &encoder)?;
+            written += reencode(out, bytes, source, target, &encoder)?;
             progress.advance(bytes.len() as u64);
         }
         Ok(written)
@@ -101,7 +101,13 @@ fn source_dtype(ty: GgmlType) -> Option<SourceDtype> {
 
 /// Re-encodes one tensor in row chunks that never straddle two experts, so each chunk can
 /// use its expert's importance weights.
-fn reencode<W: Write>(out: &mut W, bytes: &[u8], source: &TensorHeader, encoder: &Encoder) -> Result<u64, WriteError> {
+fn reencode<W: Write>(
+    out: &mut W,
+    bytes: &[u8],
+    source: &TensorHeader,
+    target: &TensorHeader,
+    encoder: &Encoder,
+) -> Result<u64, WriteError> {
     let dtype = source_dtype(source.ggml_type).ok_or_else(|| {
         WriteError::Convert(ConvertError::tensor(
             &source.name,
@@ -118,7 +124,5 @@ fn reencode<W: Write>(out: &mut W, bytes: &[u8], source: &TensorHeader, encoder:
             written += encode_rows(out, chunk, dtype, row_len, encoder, slab)?;
         }
     }
-    let pad = gguf::padding(written);
-    out.write_all(&vec![0u8; pad as usize])?;
-    Ok(written + pad)
+    end_tensor_data(out, target, written)
 }

@@ -386,15 +386,19 @@ fn write_tensor<W: Write>(
             row = end;
         }
     }
+    end_tensor_data(out, header, written)
+}
+
+/// Checks that a tensor's data has the size its header promised, then pads it; returns
+/// the bytes written in all.
+pub(crate) fn end_tensor_data<W: Write>(out: &mut W, header: &TensorHeader, written: u64) -> Result<u64, WriteError> {
     if written != header.n_bytes() {
         return Err(WriteError::Convert(ConvertError::tensor(
-            &plan.name,
+            &header.name,
             format!("wrote {written} bytes, header promised {}", header.n_bytes()),
         )));
     }
-    let pad = gguf::padding(written);
-    out.write_all(&vec![0u8; pad as usize])?;
-    Ok(written + pad)
+    Ok(gguf::write_padding(out, written)?)
 }
 
 /// A small block (one MLA head's key rows) written with rows and columns swapped.
