@@ -124,7 +124,7 @@ impl Conversation {
 
     pub fn save(&self, path: &Path) -> Result<(), ConversationError> {
         let text = serde_json::to_string_pretty(&self.messages()).map_err(|e| file_error(path, e))?;
-        std::fs::write(path, text + "\n").map_err(|e| file_error(path, e))
+        crate::files::write_atomically(path, (text + "\n").as_bytes()).map_err(|e| file_error(path, e))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConversationError> {

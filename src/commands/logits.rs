@@ -19,8 +19,10 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
         let mut projector = engine.load_projector(&projector_path, context.threads)?;
         let mut session = ChatSession::new(&engine, &context)?;
         let (tokens, logits) = session.logits_with_images(&mut projector, &text, &args.images)?;
-        let body = serde_json::to_vec(&json!({"tokens": tokens, "images": args.images.len(), "logits": [logits]}))?;
-        return write_atomically(&args.output, &body);
+        return write_json(
+            &args.output,
+            &json!({"tokens": tokens, "images": args.images.len(), "logits": [logits]}),
+        );
     }
     let tokens = match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => tokens.clone(),
@@ -31,20 +33,10 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
         (None, None) => anyhow::bail!("give --prompt or --tokens"),
     };
     let logits = engine.logits(&tokens, args.all, &super::context_options(&args.model))?;
-    let body = serde_json::to_vec(&json!({"tokens": tokens, "logits": logits}))?;
-    write_atomically(&args.output, &body)
+    write_json(&args.output, &json!({"tokens": tokens, "logits": logits}))
 }
 
-/// Writes through a temporary file so a failed run never leaves a truncated JSON.
-fn write_atomically(path: &std::path::Path, body: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut temp =
-        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("{}: cannot write here", dir.display()))?;
-    std::io::Write::write_all(&mut temp, body).with_context(|| format!("{}: write failed", path.display()))?;
-    temp.persist(path)
-        .with_context(|| format!("{}: cannot create", path.display()))?;
-    Ok(())
+fn write_json(path: &std::path::Path, body: &serde_json::Value) -> Result<()> {
+    crate::files::write_atomically(path, &serde_json::to_vec(body)?)
+        .with_context(|| format!("{}: cannot write", path.display()))
 }
