@@ -84,8 +84,12 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
         .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))
         .context("no cache directory: set GLM_CACHE_DIR")?;
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
-    let name = glm_convert::model_base_name(dir);
-    let file = cache_dir.join(format!("{name}-{:016x}-BF16.gguf", checkpoint_fingerprint(dir)?));
+    let stem = format!(
+        "{}-{:016x}",
+        glm_convert::model_base_name(dir),
+        checkpoint_fingerprint(dir)?
+    );
+    let file = cache_dir.join(format!("{stem}-BF16.gguf"));
     if !file.is_file() {
         eprintln!("converting {} to {} (once)", dir.display(), file.display());
         let options = ConvertOptions {
@@ -96,7 +100,8 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
             plan: Default::default(),
         };
         glm_convert::convert(dir, &file, &options, &ConvertProgress::new())?;
-        let projector = cache_dir.join(format!("{name}-{:016x}-mmproj-F16.gguf", checkpoint_fingerprint(dir)?));
+        // Named so that `projector_for` finds it beside the model.
+        let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
         glm_convert::mmproj::convert_mmproj(
             dir,
             &projector,
