@@ -39,7 +39,8 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(summary: &glm_convert::ConvertSummary) {
+/// One line on stderr for each file written.
+pub fn report(summary: &glm_convert::ConvertSummary) {
     eprintln!(
         "wrote {} ({}, {} tensors, {} parameters, {:.1} MiB)",
         summary.output.display(),

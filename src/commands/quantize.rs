@@ -16,11 +16,6 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         plan: Default::default(),
     };
     let summary = glm_convert::requantize(&args.input, &args.output, &options, &ConvertProgress::new())?;
-    eprintln!(
-        "wrote {} ({} tensors, {:.1} MiB)",
-        summary.output.display(),
-        summary.tensors,
-        summary.bytes as f64 / (1024.0 * 1024.0)
-    );
+    super::convert::report(&summary);
     Ok(())
 }
