@@ -104,50 +104,78 @@ fn strftime_now(format: String) -> String {
     chrono::Local::now().format(&format).to_string()
 }
 
-/// Python `json.dumps(value, ensure_ascii=False, indent=indent)`, as transformers' own
-/// `tojson` filter does. minijinja's built-in escapes HTML characters and drops the
-/// spaces after separators, which changes the prompt the model was trained on.
+/// Python's `json.dumps` with the arguments transformers' own `tojson` filter passes on
+/// (`ensure_ascii=False` unless the template says otherwise, `indent`, `separators`,
+/// `sort_keys`). minijinja's built-in escapes HTML characters and drops the spaces after
+/// separators, which changes the prompt the model was trained on.
 fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
-    // Accepted for compatibility; output is always the ensure_ascii=False form.
-    let _: Option<bool> = kwargs.get("ensure_ascii")?;
-    let _: Option<bool> = kwargs.get("sort_keys")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    let (item_separator, key_separator) = match separators.as_deref() {
+        None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
+        None => (", ".to_owned(), ": ".to_owned()),
+        Some([item, key]) => (item.clone(), key.clone()),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: separators must be two strings",
+            ))
+        }
+    };
+    let style = JsonStyle {
+        indent,
+        item_separator,
+        key_separator,
+        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
+    };
     kwargs.assert_all_used()?;
     let mut out = String::new();
-    write_json(&value, indent, 0, &mut out)?;
+    write_json(&value, &style, 0, &mut out)?;
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), Error> {
+/// `json.dumps` formatting arguments.
+struct JsonStyle {
+    indent: Option<usize>,
+    item_separator: String,
+    key_separator: String,
+    ensure_ascii: bool,
+    sort_keys: bool,
+}
+
+fn write_json(value: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number => out.push_str(&python_number(value)),
-        ValueKind::String => write_json_string(value.as_str().unwrap_or_default(), out),
+        ValueKind::String => write_json_string(value.as_str().unwrap_or_default(), style.ensure_ascii, out),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, '[', ']', indent, depth, &items, |item, out| {
-                write_json(item, indent, depth + 1, out)
+            write_container(out, ('[', ']'), style, depth, &items, |item, out| {
+                write_json(item, style, depth + 1, out)
             })?;
         }
         ValueKind::Map => {
-            let keys: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, '{', '}', indent, depth, &keys, |key, out| {
-                write_json_string(&key.to_string(), out);
-                out.push_str(": ");
-                write_json(&value.get_item(key)?, indent, depth + 1, out)
+            let mut keys: Vec<Value> = value.try_iter()?.collect();
+            if style.sort_keys {
+                keys.sort_by_key(|key| key.to_string());
+            }
+            write_container(out, ('{', '}'), style, depth, &keys, |key, out| {
+                write_json_string(&key.to_string(), style.ensure_ascii, out);
+                out.push_str(&style.key_separator);
+                write_json(&value.get_item(key)?, style, depth + 1, out)
             })?;
         }
-        _ => write_json_string(&value.to_string(), out),
+        _ => write_json_string(&value.to_string(), style.ensure_ascii, out),
     }
     Ok(())
 }
 
 fn write_container<T>(
     out: &mut String,
-    open: char,
-    close: char,
-    indent: Option<usize>,
+    (open, close): (char, char),
+    style: &JsonStyle,
     depth: usize,
     items: &[T],
     mut write_item: impl FnMut(&T, &mut String) -> Result<(), Error>,
@@ -158,20 +186,16 @@ fn write_container<T>(
         return Ok(());
     }
     for (i, item) in items.iter().enumerate() {
-        match indent {
-            Some(width) => {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push('\n');
-                out.push_str(&" ".repeat(width * (depth + 1)));
-            }
-            None if i > 0 => out.push_str(", "),
-            None => {}
+        if i > 0 {
+            out.push_str(&style.item_separator);
+        }
+        if let Some(width) = style.indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * (depth + 1)));
         }
         write_item(item, out)?;
     }
-    if let Some(width) = indent {
+    if let Some(width) = style.indent {
         out.push('\n');
         out.push_str(&" ".repeat(width * depth));
     }
@@ -206,7 +230,9 @@ fn python_float_repr(f: f64) -> String {
     }
 }
 
-fn write_json_string(s: &str, out: &mut String) {
+/// A JSON string as Python writes it; `ensure_ascii` escapes everything outside
+/// printable ASCII, astral characters as surrogate pairs.
+fn write_json_string(s: &str, ensure_ascii: bool, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -218,6 +244,11 @@ fn write_json_string(s: &str, out: &mut String) {
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
             c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if ensure_ascii && !(' '..='~').contains(&c) => {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
             c => out.push(c),
         }
     }
@@ -251,6 +282,27 @@ mod tests {
     fn tojson_indent_like_python() {
         let out = render("{{ messages[0] | tojson(indent=2) }}", json!([{"a": [1, 2], "b": {}}]));
         assert_eq!(out, "{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": {}\n}");
+    }
+
+    /// Expected strings printed by Python's `json.dumps` with the same arguments.
+    #[test]
+    fn tojson_keyword_arguments_like_python() {
+        let value = json!([{"b": "é😀\u{7f}", "a": [1, {"z": null, "y": 2.5}]}]);
+        let out = render(
+            "{{ messages[0] | tojson(ensure_ascii=True, sort_keys=True) }}",
+            value.clone(),
+        );
+        assert_eq!(
+            out,
+            r#"{"a": [1, {"y": 2.5, "z": null}], "b": "\u00e9\ud83d\ude00\u007f"}"#
+        );
+        let out = render("{{ messages[0] | tojson(separators=(',', ':')) }}", value.clone());
+        assert_eq!(out, "{\"b\":\"é😀\u{7f}\",\"a\":[1,{\"z\":null,\"y\":2.5}]}");
+        let out = render("{{ messages[0] | tojson(indent=1, separators=(', ', ': ')) }}", value);
+        assert_eq!(
+            out,
+            "{\n \"b\": \"é😀\u{7f}\", \n \"a\": [\n  1, \n  {\n   \"z\": null, \n   \"y\": 2.5\n  }\n ]\n}"
+        );
     }
 
     #[test]
