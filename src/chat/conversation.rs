@@ -42,12 +42,12 @@ impl Conversation {
         self.turns.len()
     }
 
-    pub fn push_user(&mut self, text: &str) {
-        self.turns.push(json!({"role": "user", "content": text}));
-    }
-
-    /// A user message that starts with images (kept by path, in the content parts).
-    pub fn push_user_with_images(&mut self, text: &str, images: &[std::path::PathBuf]) {
+    /// A user message; with images it starts with them (kept by path, in content parts).
+    pub fn push_user(&mut self, text: &str, images: &[std::path::PathBuf]) {
+        if images.is_empty() {
+            self.turns.push(json!({"role": "user", "content": text}));
+            return;
+        }
         let mut parts: Vec<Value> = images
             .iter()
             .map(|path| json!({"type": "image", "image": path.display().to_string()}))
@@ -158,9 +158,9 @@ mod tests {
 
     fn sample() -> Conversation {
         let mut c = Conversation::new(Some("Be brief.".into()));
-        c.push_user("one");
+        c.push_user("one", &[]);
         c.push_assistant("1", "counting", &[]);
-        c.push_user("two");
+        c.push_user("two", &[]);
         c.push_assistant("2", "", &[]);
         c
     }

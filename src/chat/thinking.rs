@@ -97,10 +97,6 @@ impl ThinkingSplitter {
         out
     }
 
-    pub fn in_reasoning(&self) -> bool {
-        self.state == State::Reasoning
-    }
-
     fn switch(&mut self, tag: &str, out: &mut Vec<Segment>) {
         self.state = match tag {
             THINK_OPEN => State::Reasoning,

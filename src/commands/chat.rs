@@ -129,12 +129,8 @@ fn scripted(state: &mut ChatState) -> Result<()> {
 
 /// The user's message, with any images attached by /image.
 fn push_user(state: &mut ChatState, text: &str) {
-    if state.pending_images.is_empty() {
-        state.conversation.push_user(text);
-    } else {
-        state.conversation.push_user_with_images(text, &state.pending_images);
-        state.pending_images.clear();
-    }
+    let images = std::mem::take(&mut state.pending_images);
+    state.conversation.push_user(text, &images);
 }
 
 fn repl(state: &mut ChatState) -> Result<()> {

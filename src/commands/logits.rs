@@ -12,7 +12,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
             &engine,
             &args.prompt_format,
             &super::text_argument(prompt)?,
-            args.images.len(),
+            &args.images,
         )?;
         let context = super::context_options(&args.model);
         let projector_path = crate::model_source::projector_for(&model_path, args.mmproj.as_deref())?;
@@ -27,7 +27,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     let tokens = match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => tokens.clone(),
         (None, Some(prompt)) => {
-            let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?, 0)?;
+            let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?, &[])?;
             engine.tokenize(&text)
         }
         (None, None) => anyhow::bail!("give --prompt or --tokens"),

@@ -11,11 +11,11 @@ pub mod run;
 pub mod tokenize;
 
 use std::io::Read;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
-use crate::chat::{ChatTemplate, RenderOptions};
+use crate::chat::{ChatTemplate, Conversation, RenderOptions};
 use crate::cli::{GenerationArgs, ModelArgs, PromptArgs};
 use crate::engine::{ContextOptions, Engine, LoadOptions, Sampling};
 
@@ -102,7 +102,7 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
 }
 
 /// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
-pub fn load_engine_and_path(args: &ModelArgs) -> Result<(Engine, std::path::PathBuf)> {
+pub fn load_engine_and_path(args: &ModelArgs) -> Result<(Engine, PathBuf)> {
     let path = crate::model_source::resolve(&args.model)?;
     let options = LoadOptions {
         gpu_layers: args.gpu_layers.unwrap_or(u32::MAX),
@@ -127,31 +127,19 @@ const TEMPLATE_IMAGE: &str = "<|begin_of_image|><|image|><|end_of_image|>";
 
 /// The prompt text the model sees: the chat template applied to one user turn (with an
 /// optional system turn), or the raw text with `--raw`. With `images`, the user turn
-/// starts with that many images, each left as the engine's image marker.
-pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str, images: usize) -> Result<String> {
-    let marker = crate::engine::image_marker();
+/// starts with them, each left as the engine's image marker.
+pub fn prompt_text(engine: &Engine, format: &PromptArgs, user_text: &str, images: &[PathBuf]) -> Result<String> {
     if format.raw {
-        return Ok(marker.repeat(images) + user_text);
+        return Ok(crate::engine::image_marker().repeat(images.len()) + user_text);
     }
-    let template = chat_template(engine)?;
-    let mut messages = Vec::new();
-    if let Some(system) = &format.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    let content = if images == 0 {
-        json!(user_text)
-    } else {
-        let mut parts: Vec<serde_json::Value> = (0..images).map(|_| json!({"type": "image"})).collect();
-        parts.push(json!({"type": "text", "text": user_text}));
-        json!(parts)
-    };
-    messages.push(json!({"role": "user", "content": content}));
+    let mut conversation = Conversation::new(format.system.clone());
+    conversation.push_user(user_text, images);
     let options = render_options(engine, format, format.enable_thinking())?;
-    let rendered = template.render(&messages, &options)?;
-    if images == 0 {
+    let rendered = chat_template(engine)?.render(&conversation.messages(), &options)?;
+    if images.is_empty() {
         return Ok(rendered);
     }
-    place_images(&rendered, images)
+    place_images(&rendered, images.len())
 }
 
 /// Turns the template's image placeholders into the engine's image markers, checking that

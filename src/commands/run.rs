@@ -8,7 +8,7 @@ use crate::engine::ChatSession;
 pub fn run(args: &RunArgs) -> Result<()> {
     let user_text = super::text_argument(&args.prompt)?;
     let (engine, model_path) = super::load_engine_and_path(&args.model)?;
-    let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text, args.images.len())?;
+    let prompt = super::prompt_text(&engine, &args.prompt_format, &user_text, &args.images)?;
     let sampling = super::sampling(&args.generation);
     let mut output = ReplyPrinter::new(prompt_opens_thinking(&prompt), !args.generation.hide_reasoning);
     let context = super::context_options(&args.model);
