@@ -8,6 +8,6 @@ pub mod chat;
 pub mod cli;
 pub mod commands;
 pub mod engine;
-pub mod files;
 pub mod model_source;
 pub mod progress;
+pub mod signals;

@@ -1,4 +1,8 @@
 fn main() -> std::process::ExitCode {
+    if let Err(e) = glm::signals::install() {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     match glm::cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -68,7 +68,7 @@ pub fn projector_for(model: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
 
 pub fn check_gguf_magic(path: &Path) -> Result<()> {
     let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut file = glm_convert::files::open_regular(path)?;
     if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
         bail!(
             "{}: not a GGUF file (expected a .gguf file or a checkpoint folder)",
@@ -99,9 +99,11 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
             name: None,
             plan: Default::default(),
         };
+        let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
+        glm_convert::files::check_output(&file, &[dir], true)?;
+        glm_convert::files::check_output(&projector, &[dir], true)?;
         glm_convert::convert(dir, &file, &options, &ConvertProgress::new())?;
         // Named so that `projector_for` finds it beside the model.
-        let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
         glm_convert::mmproj::convert_mmproj(
             dir,
             &projector,

@@ -62,6 +62,7 @@ fn image_logits(model: &Path, text: &str, image: &Path, extra: &[&str], out_file
         .arg(image)
         .arg("-o")
         .arg(out_file)
+        .arg("--force")
         .assert()
         .success();
     floats(&read_json(out_file)["logits"][0])

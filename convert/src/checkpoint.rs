@@ -4,7 +4,6 @@
 //! handed back to the kernel so the resident set stays small on 100+ GB checkpoints.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -110,7 +109,7 @@ impl Checkpoint {
     }
 
     fn add_shard(&mut self, path: PathBuf) -> Result<()> {
-        let file = File::open(&path).map_err(|e| ConvertError::io(&path, e))?;
+        let file = crate::files::open_regular(&path)?;
         // SAFETY: the map is read-only and private to this process; a checkpoint that is
         // modified while we convert it yields wrong values, never memory unsafety in
         // safe code, because all reads go through bounds-checked slices.
@@ -120,6 +119,32 @@ impl Checkpoint {
             reason: describe_safetensors_error(&e),
         })?;
         let data_start = 8 + header_len;
+        let data_end = metadata
+            .tensors()
+            .values()
+            .map(|info| info.data_offsets.1)
+            .max()
+            .unwrap_or(0);
+        let invalid = |reason: String| ConvertError::Safetensors {
+            path: path.clone(),
+            reason,
+        };
+        let file_len = map.len();
+        match (data_start.checked_add(data_end), file_len) {
+            (Some(end), len) if end > len => {
+                return Err(invalid(format!(
+                    "truncated: the tensors need {end} bytes, the file has {len}"
+                )))
+            }
+            (Some(end), len) if end < len => {
+                return Err(invalid(format!(
+                    "{} trailing bytes after the last tensor's data",
+                    len - end
+                )))
+            }
+            (None, _) => return Err(invalid("tensor offsets overflow".into())),
+            _ => {}
+        }
         let shard = self.shards.len();
         for (name, info) in metadata.tensors() {
             let dtype = match info.dtype {
@@ -222,6 +247,12 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
                     "`weight_map` values must be file names",
                 ));
             };
+            if !is_plain_relative(file) {
+                return Err(ConvertError::config(
+                    &index_path,
+                    format!("names shard {file:?}, which is not a file inside the checkpoint folder"),
+                ));
+            }
             let path = dir.join(file);
             if !files.contains(&path) {
                 if !path.is_file() {
@@ -253,6 +284,12 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         ));
     }
     Ok(files)
+}
+
+/// A file name inside the folder: relative, with no `..`, root or prefix part.
+fn is_plain_relative(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {

@@ -214,3 +214,123 @@ impl HfConfig {
         self.opt_bool("tie_word_embeddings").unwrap_or(false)
     }
 }
+
+/// Keys (with their aliases) that must be positive when present.
+const POSITIVE_KEYS: &[&[&str]] = &[
+    &["num_hidden_layers", "num_layers"],
+    &["hidden_size"],
+    &["num_attention_heads"],
+    &["num_key_value_heads", "multi_query_group_num"],
+    &["head_dim", "kv_channels"],
+    &["intermediate_size", "ffn_hidden_size"],
+    &["vocab_size", "padded_vocab_size"],
+    &["max_position_embeddings", "seq_length"],
+    &["moe_intermediate_size"],
+    &["n_routed_experts", "num_experts", "num_local_experts"],
+    &["num_experts_per_tok"],
+    &["kv_lora_rank"],
+    &["qk_rope_head_dim"],
+    &["v_head_dim"],
+];
+
+/// Vision tower keys that must be positive when present.
+const POSITIVE_VISION_KEYS: &[&[&str]] = &[
+    &["depth", "num_hidden_layers"],
+    &["hidden_size"],
+    &["num_heads", "num_attention_heads"],
+    &["intermediate_size"],
+    &["patch_size"],
+    &["image_size"],
+];
+
+/// llama.cpp's `LLAMA_MAX_LAYERS` and `LLAMA_MAX_EXPERTS`.
+const MAX_LAYERS: u64 = 512;
+const MAX_EXPERTS: u64 = 1024;
+
+impl HfConfig {
+    /// Refuses values that cannot make a working model (llama.cpp would abort on them at
+    /// load, or compute garbage): zero sizes, heads that key/value heads do not divide,
+    /// a rotary fraction outside (0, 1], a non-positive epsilon, more experts used than
+    /// exist, more layers than llama.cpp supports.
+    pub fn check_ranges(&self) -> Result<()> {
+        self.check_positive(POSITIVE_KEYS)?;
+        let layers = self.opt_u64(&["num_hidden_layers", "num_layers"])?;
+        if let Some(n) = layers.filter(|&n| n > MAX_LAYERS) {
+            return Err(self.error(format!(
+                "num_hidden_layers = {n}: llama.cpp supports at most {MAX_LAYERS}"
+            )));
+        }
+        let heads = self.opt_u64(&["num_attention_heads"])?;
+        let kv_heads = self.opt_u64(&["num_key_value_heads", "multi_query_group_num"])?;
+        if let (Some(h), Some(kv)) = (heads, kv_heads) {
+            if kv > h || h % kv != 0 {
+                return Err(self.error(format!(
+                    "num_attention_heads = {h} is not a multiple of num_key_value_heads = {kv}"
+                )));
+            }
+        }
+        let experts = self.opt_u64(&["n_routed_experts", "num_experts", "num_local_experts"])?;
+        if let Some(n) = experts.filter(|&n| n > MAX_EXPERTS) {
+            return Err(self.error(format!("{n} experts: llama.cpp supports at most {MAX_EXPERTS}")));
+        }
+        if let (Some(used), Some(all)) = (self.opt_u64(&["num_experts_per_tok"])?, experts) {
+            if used > all {
+                return Err(self.error(format!("num_experts_per_tok = {used} is more than the {all} experts")));
+            }
+        }
+        if let (Some(dense), Some(layers)) = (self.opt_u64(&["first_k_dense_replace"])?, layers) {
+            if dense > layers {
+                return Err(self.error(format!(
+                    "first_k_dense_replace = {dense} is more than the {layers} layers"
+                )));
+            }
+        }
+        self.check_floats()?;
+        if let Some(vision) = self.section("vision_config") {
+            vision.check_positive(POSITIVE_VISION_KEYS)?;
+            let hidden = vision.opt_u64(&["hidden_size"])?;
+            let heads = vision.opt_u64(&["num_heads", "num_attention_heads"])?;
+            if let (Some(d), Some(h)) = (hidden, heads) {
+                if d % h != 0 {
+                    return Err(self.error(format!(
+                        "vision_config: hidden_size {d} is not divisible by its {h} heads"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_positive(&self, keys: &[&[&str]]) -> Result<()> {
+        for aliases in keys {
+            if self.opt_u64(aliases)? == Some(0) {
+                return Err(self.error(format!("`{}` is 0", aliases[0])));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_floats(&self) -> Result<()> {
+        if let Some(eps) = self.opt_f64(&["rms_norm_eps", "layernorm_epsilon", "layer_norm_eps"])? {
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(self.error(format!("rms_norm_eps = {eps}: must be a small positive number")));
+            }
+        }
+        if let Some(f) = self.rope_f64("partial_rotary_factor")? {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(self.error(format!("partial_rotary_factor = {f}: must be in (0, 1]")));
+            }
+        }
+        if let Some(theta) = self.rope_f64("rope_theta")? {
+            if !(theta.is_finite() && theta > 0.0) {
+                return Err(self.error(format!("rope_theta = {theta}: must be positive")));
+            }
+        }
+        if let Some(f) = self.opt_f64(&["routed_scaling_factor"])? {
+            if !f.is_finite() {
+                return Err(self.error(format!("routed_scaling_factor = {f}: must be finite")));
+            }
+        }
+        Ok(())
+    }
+}

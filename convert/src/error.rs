@@ -28,6 +28,8 @@ pub enum ConvertError {
         supported: String,
     },
     #[error("{path}: {message}")]
+    Gguf { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("tensor {name}: {message}")]
     Tensor { name: String, message: String },
@@ -60,9 +62,15 @@ impl ConvertError {
     }
 }
 
-/// Reads and parses a JSON file, naming the file in any error.
+/// Reads and parses a JSON file, naming the file in any error. Only `tokenizer.json`
+/// may be large.
 pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, e))?;
+    let limit = if path.file_name().is_some_and(|n| n == "tokenizer.json") {
+        crate::files::MAX_TOKENIZER_BYTES
+    } else {
+        crate::files::MAX_CONFIG_BYTES
+    };
+    let text = crate::files::read_text_limited(path, limit)?;
     serde_json::from_str(&text).map_err(|source| ConvertError::Json {
         path: path.to_path_buf(),
         source,

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{ConvertError, Result};
-use crate::gguf::read_header;
+use crate::gguf::read::parse;
 use crate::tensor_type::GgmlType;
 
 /// Per-column importance weights of each tensor, by GGUF tensor name; a stacked expert
@@ -19,7 +19,7 @@ pub struct ImportanceMatrix {
 
 impl ImportanceMatrix {
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+        let bytes = crate::files::read_limited(path, crate::files::MAX_IMATRIX_BYTES)?;
         let invalid = |message: String| ConvertError::Config {
             path: path.to_path_buf(),
             message,
@@ -32,6 +32,16 @@ impl ImportanceMatrix {
         };
         if matrix.entries.is_empty() {
             return Err(invalid("the importance matrix has no entries".into()));
+        }
+        // ggml's quantizers trust the weights; a NaN or negative one breaks their search.
+        if let Some((name, _)) = matrix
+            .entries
+            .iter()
+            .find(|(_, w)| w.iter().any(|v| !v.is_finite() || *v < 0.0))
+        {
+            return Err(invalid(format!(
+                "the weights of {name} are not all finite and non-negative"
+            )));
         }
         Ok(matrix)
     }
@@ -55,7 +65,7 @@ impl ImportanceMatrix {
     /// importance = sum of squared activations / number of times the expert (or the
     /// tensor) was used, which is how llama-quantize turns the file into weights.
     fn from_gguf(bytes: &[u8]) -> Result<Self, String> {
-        let header = read_header(&mut std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+        let header = parse(bytes)?;
         let data = |name: &str| -> Result<Option<Vec<f32>>, String> {
             let Some((t, offset)) = header.tensors.iter().find(|(t, _)| t.name == name) else {
                 return Ok(None);

@@ -12,6 +12,7 @@ pub mod arch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod gguf;
 pub mod imatrix;
 pub mod mmproj;

@@ -22,6 +22,12 @@ const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 const CONVOLUTIONS: [&str; 3] = ["v.patch_embd.weight", "v.patch_embd.weight.1", "mm.patch_merger.weight"];
 
+/// True for checkpoints that have a vision tower, for which [`convert_mmproj`] writes a
+/// projector.
+pub fn has_vision(input: &Path) -> Result<bool> {
+    Ok(HfConfig::load(input)?.section("vision_config").is_some())
+}
+
 /// Writes the projector of a vision-language checkpoint to `output`; `None` when the
 /// checkpoint has no `vision_config`. Matrices get `ty`; norms, biases and the position
 /// embedding stay F32.
@@ -201,7 +207,7 @@ fn metadata(input: &Path, config: &HfConfig, vision: &HfConfig, preset: &Preset)
         meta.set("clip.vision.spatial_merge_size", merge);
     }
     let (mean, std) = normalisation(input)?;
-    let floats = |v: [f32; 3]| MetaValue::Array(6, v.iter().map(|x| MetaValue::F32(*x)).collect());
+    let floats = |v: [f32; 3]| MetaValue::from(v.to_vec());
     meta.set("clip.vision.image_mean", floats(mean));
     meta.set("clip.vision.image_std", floats(std));
     Ok(meta)

@@ -132,7 +132,7 @@ impl Preset {
         }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "yaml" || e == "yml") || path.is_file() {
-            let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, e))?;
+            let text = crate::files::read_text_limited(path, crate::files::MAX_PRESET_BYTES)?;
             let name = path
                 .file_stem()
                 .map_or_else(|| "custom".to_owned(), |s| s.to_string_lossy().into_owned());

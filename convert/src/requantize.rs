@@ -1,11 +1,8 @@
 //! `glm quantize`: re-encode an F32/F16/BF16 GGUF with a preset, streaming tensor by
 //! tensor from a memory map (the same engine and type choices as a one-pass conversion).
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-
-use memmap2::Mmap;
 
 use crate::checkpoint::SourceDtype;
 use crate::error::{ConvertError, Result};
@@ -23,26 +20,18 @@ pub fn requantize(
     options: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<ConvertSummary> {
-    let file = File::open(input).map_err(|e| ConvertError::io(input, e))?;
-    // SAFETY: read-only private map; all reads go through bounds-checked slices.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| ConvertError::io(input, e))?;
-    let header = gguf::read_header(&mut std::io::Cursor::new(&map[..])).map_err(|e| ConvertError::io(input, e))?;
+    let file = gguf::read_file(input)?;
+    let (header, map) = (&file.header, file.bytes());
     let invalid = |message: String| ConvertError::Config {
         path: input.to_path_buf(),
         message,
     };
-    for (t, offset) in &header.tensors {
+    for (t, _) in &header.tensors {
         if source_dtype(t.ggml_type).is_none() {
             return Err(invalid(format!(
                 "tensor {} is {}; re-quantize from an F32, F16 or BF16 file",
                 t.name,
                 t.ggml_type.name()
-            )));
-        }
-        if offset + t.n_bytes() > map.len() as u64 {
-            return Err(invalid(format!(
-                "truncated: tensor {} ends past the end of the file",
-                t.name
             )));
         }
     }

@@ -28,9 +28,63 @@ pub enum GgmlType {
     IQ2S,
     IQ4XS,
     IQ1M,
+    // Types glm reads (and shows) but never writes.
+    Q8_1,
+    Q8K,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
+    NVFP4,
+    Q1_0,
+    Q2_0,
 }
 
 impl GgmlType {
+    /// Every type a GGUF file may hold.
+    pub const KNOWN: [GgmlType; 35] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::IQ2XXS,
+        GgmlType::IQ2XS,
+        GgmlType::IQ3XXS,
+        GgmlType::IQ1S,
+        GgmlType::IQ4NL,
+        GgmlType::IQ3S,
+        GgmlType::IQ2S,
+        GgmlType::IQ4XS,
+        GgmlType::IQ1M,
+        GgmlType::Q8_1,
+        GgmlType::Q8K,
+        GgmlType::I8,
+        GgmlType::I16,
+        GgmlType::I32,
+        GgmlType::I64,
+        GgmlType::F64,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
+        GgmlType::NVFP4,
+        GgmlType::Q1_0,
+        GgmlType::Q2_0,
+    ];
+
+    /// The types glm can write (presets choose among these).
     pub const ALL: [GgmlType; 22] = [
         GgmlType::F32,
         GgmlType::F16,
@@ -81,6 +135,19 @@ impl GgmlType {
             GgmlType::IQ4XS => (23, 256, 136, "IQ4_XS"),
             GgmlType::BF16 => (30, 1, 2, "BF16"),
             GgmlType::IQ1M => (29, 256, 56, "IQ1_M"),
+            GgmlType::Q8_1 => (9, 32, 36, "Q8_1"),
+            GgmlType::Q8K => (15, 256, 292, "Q8_K"),
+            GgmlType::I8 => (24, 1, 1, "I8"),
+            GgmlType::I16 => (25, 1, 2, "I16"),
+            GgmlType::I32 => (26, 1, 4, "I32"),
+            GgmlType::I64 => (27, 1, 8, "I64"),
+            GgmlType::F64 => (28, 1, 8, "F64"),
+            GgmlType::TQ1_0 => (34, 256, 54, "TQ1_0"),
+            GgmlType::TQ2_0 => (35, 256, 66, "TQ2_0"),
+            GgmlType::MXFP4 => (39, 32, 17, "MXFP4"),
+            GgmlType::NVFP4 => (40, 64, 36, "NVFP4"),
+            GgmlType::Q1_0 => (41, 128, 18, "Q1_0"),
+            GgmlType::Q2_0 => (42, 64, 18, "Q2_0"),
         }
     }
 
@@ -105,7 +172,7 @@ impl GgmlType {
     }
 
     pub fn from_id(id: u32) -> Option<Self> {
-        GgmlType::ALL.into_iter().find(|t| t.id() == id)
+        GgmlType::KNOWN.into_iter().find(|t| t.id() == id)
     }
 
     pub fn is_quantized(self) -> bool {

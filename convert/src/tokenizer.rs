@@ -69,13 +69,21 @@ impl Vocabulary {
 
         let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
         let mut types = vec![TOKEN_UNUSED; vocab_size];
-        let mut place = |id: u64, text: &str, kind: i32| -> Result<()> {
+        // Added tokens may restate a vocabulary entry; two different texts for one id in
+        // the same list would silently lose one of them.
+        let mut place = |id: u64, text: &str, kind: i32, replaces: bool| -> Result<()> {
             let slot = tokens.get_mut(id as usize).ok_or_else(|| {
                 tokenizer_error(
                     &path,
                     format!("token {text:?} has id {id}, outside the model's vocab_size {vocab_size}"),
                 )
             })?;
+            if let Some(other) = slot.as_deref().filter(|other| *other != text && !replaces) {
+                return Err(tokenizer_error(
+                    &path,
+                    format!("id {id} is given to both {other:?} and {text:?}"),
+                ));
+            }
             *slot = Some(text.to_owned());
             types[id as usize] = kind;
             Ok(())
@@ -84,15 +92,24 @@ impl Vocabulary {
             let id = id
                 .as_u64()
                 .ok_or_else(|| tokenizer_error(&path, format!("vocab entry {text:?} has no integer id")))?;
-            place(id, text, TOKEN_NORMAL)?;
+            place(id, text, TOKEN_NORMAL, false)?;
         }
+        let mut added_ids = std::collections::HashMap::new();
         for token in &added {
+            if let Some(other) = added_ids.insert(token.id, &token.content) {
+                if *other != token.content {
+                    return Err(tokenizer_error(
+                        &path,
+                        format!("added tokens {other:?} and {:?} share id {}", token.content, token.id),
+                    ));
+                }
+            }
             let kind = if token.special || looks_special(&token.content) {
                 TOKEN_CONTROL
             } else {
                 TOKEN_USER_DEFINED
             };
-            place(u64::from(token.id), &token.content, kind)?;
+            place(u64::from(token.id), &token.content, kind, true)?;
         }
         let tokens: Vec<String> = tokens
             .into_iter()
@@ -138,9 +155,9 @@ impl Vocabulary {
     ) -> Result<()> {
         meta.set("tokenizer.ggml.model", "gpt2");
         meta.set("tokenizer.ggml.pre", "glm4");
-        meta.set("tokenizer.ggml.tokens", MetaValue::StrArray(self.tokens.clone()));
-        meta.set("tokenizer.ggml.token_type", MetaValue::I32Array(self.types.clone()));
-        meta.set("tokenizer.ggml.merges", MetaValue::StrArray(self.merges.clone()));
+        meta.set("tokenizer.ggml.tokens", MetaValue::from(self.tokens.clone()));
+        meta.set("tokenizer.ggml.token_type", MetaValue::from(self.types.clone()));
+        meta.set("tokenizer.ggml.merges", MetaValue::from(self.merges.clone()));
 
         let tokenizer_config = read_tokenizer_config(dir)?;
         let mut ids: Vec<(&str, u32)> = Vec::new();
@@ -275,18 +292,26 @@ pub fn find_chat_template(dir: &Path) -> Result<Option<String>> {
 /// The chat template: `tokenizer_config.json` `chat_template` (string, or the `default`
 /// entry of a list), else `chat_template.jinja`, else `chat_template.json`.
 fn chat_template(dir: &Path, tokenizer_config: &serde_json::Map<String, Value>) -> Result<Option<String>> {
-    if let Some(t) = tokenizer_config.get("chat_template").and_then(template_value) {
-        return Ok(Some(t));
+    if let Some(value) = tokenizer_config.get("chat_template").filter(|v| !v.is_null()) {
+        return template_value(value).map(Some).ok_or_else(|| {
+            tokenizer_error(
+                &dir.join("tokenizer_config.json"),
+                "`chat_template` must be a string or a list of {name, template} entries",
+            )
+        });
     }
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return std::fs::read_to_string(&jinja)
-            .map(Some)
-            .map_err(|e| ConvertError::io(&jinja, e));
+        return crate::files::read_text_limited(&jinja, crate::files::MAX_CONFIG_BYTES).map(Some);
     }
     let json_path = dir.join("chat_template.json");
     if json_path.is_file() {
-        return Ok(read_json(&json_path)?.get("chat_template").and_then(template_value));
+        return match read_json(&json_path)?.get("chat_template").filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(value) => template_value(value)
+                .map(Some)
+                .ok_or_else(|| tokenizer_error(&json_path, "`chat_template` must be a string")),
+        };
     }
     Ok(None)
 }

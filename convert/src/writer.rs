@@ -63,6 +63,7 @@ pub fn convert<'a>(
     progress: &dyn Progress,
 ) -> Result<ConvertSummary> {
     let config = HfConfig::load(input)?;
+    config.check_ranges()?;
     let hf_arch = config.architecture()?;
     let arch = arch::find(&hf_arch).ok_or_else(|| ConvertError::UnsupportedArchitecture {
         path: config.path().to_path_buf(),
@@ -226,36 +227,16 @@ pub(crate) fn check_importance(headers: &[TensorHeader], options: &ConvertOption
     Ok(())
 }
 
-/// Runs `body` against a temporary file beside `output` and renames it into place only
-/// when `body` succeeds; on any error the temporary file is removed.
+/// Writes `output` through [`crate::files::write_atomically`], naming `output` in I/O
+/// errors of `body`.
 pub(crate) fn write_atomically(
     output: &Path,
     body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<u64, WriteError>,
 ) -> Result<u64> {
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".glm-convert-")
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|e| ConvertError::io(&dir, e))?;
-    let file = temp
-        .as_file()
-        .try_clone()
-        .map_err(|e| ConvertError::io(temp.path(), e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let io_err = |e| ConvertError::io(output, e);
-    let written = body(&mut out).map_err(|e| match e {
-        WriteError::Io(e) => io_err(e),
+    crate::files::write_atomically(output, body).map_err(|e| match e {
+        WriteError::Io(e) => ConvertError::io(output, e),
         WriteError::Convert(e) => e,
-    })?;
-    out.flush().map_err(io_err)?;
-    drop(out);
-    temp.as_file().sync_all().map_err(io_err)?;
-    temp.persist(output).map_err(|e| ConvertError::io(output, e.error))?;
-    Ok(written)
+    })
 }
 
 pub(crate) enum WriteError {
@@ -266,6 +247,12 @@ pub(crate) enum WriteError {
 impl From<std::io::Error> for WriteError {
     fn from(e: std::io::Error) -> Self {
         WriteError::Io(e)
+    }
+}
+
+impl From<ConvertError> for WriteError {
+    fn from(e: ConvertError) -> Self {
+        WriteError::Convert(e)
     }
 }
 
@@ -312,6 +299,8 @@ pub(crate) struct Encoder<'a> {
     pub quantizer: Option<&'a dyn Quantizer>,
     /// Per-column importance; for stacked experts one row of weights per expert.
     pub importance: Option<&'a [f32]>,
+    /// NaN and infinities pass instead of failing the tensor.
+    pub allow_nonfinite: bool,
 }
 
 impl<'a> Encoder<'a> {
@@ -324,6 +313,7 @@ impl<'a> Encoder<'a> {
             row_len: header.ne[0] as usize,
             quantizer: options.quantizer,
             importance: options.importance.and_then(|m| m.get(&header.name)),
+            allow_nonfinite: options.plan.allow_nonfinite,
         }
     }
 
@@ -336,6 +326,12 @@ impl<'a> Encoder<'a> {
     }
 
     pub fn encode(&self, values: &[f32], source: usize) -> Result<Vec<u8>, WriteError> {
+        if !self.allow_nonfinite && values.iter().any(|v| !v.is_finite()) {
+            return Err(WriteError::Convert(ConvertError::tensor(
+                self.name,
+                "holds NaN or infinite weights (a broken checkpoint); pass --allow-nonfinite to convert it anyway",
+            )));
+        }
         let mut encoded = Vec::with_capacity(self.ty.row_bytes(values.len()));
         self.ty
             .encode(

@@ -18,7 +18,13 @@ pub struct Conversation {
 pub enum ConversationError {
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// Reading or writing the file failed; the error names the file.
+    #[error(transparent)]
+    Io(#[from] glm_convert::ConvertError),
 }
+
+/// A saved conversation is read whole; this bounds it.
+pub const MAX_SAVED_CHAT_BYTES: u64 = 64 << 20;
 
 impl Conversation {
     pub fn new(system: Option<String>) -> Self {
@@ -100,35 +106,34 @@ impl Conversation {
         removed
     }
 
-    /// Drops the oldest exchange (a user message and what answered it); the system
-    /// prompt is never dropped. Returns how many messages went.
-    pub fn drop_oldest_exchange(&mut self) -> usize {
-        if self.turns.is_empty() {
-            return 0;
-        }
-        let next_user = self
-            .turns
-            .iter()
-            .skip(1)
-            .position(|m| m["role"] == "user")
-            .map_or(self.turns.len(), |i| i + 1);
-        // Keep at least the last user message.
-        let n = next_user.min(self.turns.len().saturating_sub(1));
-        self.turns.drain(..n);
-        n
+    /// The places the conversation can be cut when the context is full, in messages
+    /// dropped: each later exchange's start (a user message), never the last user
+    /// message itself.
+    pub fn cut_points(&self) -> Vec<usize> {
+        let last_user = self.turns.iter().rposition(|m| m["role"] == "user").unwrap_or(0);
+        (1..=last_user).filter(|&i| self.turns[i]["role"] == "user").collect()
+    }
+
+    /// Drops the first `count` messages (a value from [`Self::cut_points`]).
+    pub fn drop_oldest(&mut self, count: usize) {
+        self.turns.drain(..count.min(self.turns.len()));
     }
 
     pub fn clear(&mut self) {
         self.turns.clear();
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), ConversationError> {
+    /// Writes the conversation as JSON to `path`, which may not be one of `inputs` (the
+    /// model, its projector, …) nor anything but a regular file; an existing file is
+    /// replaced.
+    pub fn save(&self, path: &Path, inputs: &[&Path]) -> Result<(), ConversationError> {
         let text = serde_json::to_string_pretty(&self.messages()).map_err(|e| file_error(path, e))?;
-        crate::files::write_atomically(path, (text + "\n").as_bytes()).map_err(|e| file_error(path, e))
+        glm_convert::files::check_output(path, inputs, true)?;
+        Ok(glm_convert::files::write_bytes(path, (text + "\n").as_bytes())?)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConversationError> {
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+        let text = glm_convert::files::read_text_limited(path, MAX_SAVED_CHAT_BYTES)?;
         let value: Value = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
         let Value::Array(messages) = value else {
             return Err(file_error(path, "expected a JSON list of messages"));
@@ -177,10 +182,11 @@ mod tests {
     #[test]
     fn dropping_keeps_the_system_prompt_and_the_last_question() {
         let mut c = sample();
-        assert_eq!(c.drop_oldest_exchange(), 2);
+        assert_eq!(c.cut_points(), vec![2]);
+        c.drop_oldest(2);
         assert_eq!(c.messages()[1]["content"], "two");
         c.pop_reply();
-        assert_eq!(c.drop_oldest_exchange(), 0, "the last user message stays");
+        assert!(c.cut_points().is_empty(), "the last user message stays");
         assert_eq!(c.messages()[0]["role"], "system");
     }
 
@@ -198,7 +204,7 @@ mod tests {
             }],
         );
         c.push_tool_result("{\"ok\": true}");
-        c.save(&path).unwrap();
+        c.save(&path, &[]).unwrap();
         let loaded = Conversation::load(&path).unwrap();
         assert_eq!(loaded.messages(), c.messages());
     }

@@ -29,6 +29,10 @@ pub struct RenderOptions {
     pub extra: serde_json::Map<String, Json>,
 }
 
+/// Template instructions one render may execute: far beyond any real chat template with
+/// a long conversation, small enough to stop a runaway one within seconds.
+const RENDER_FUEL: u64 = 10_000_000;
+
 pub struct ChatTemplate {
     env: Environment<'static>,
 }
@@ -38,6 +42,9 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A template is code from the model file: its work per render is bounded, so a
+        // hostile one (nested loops) fails instead of running for hours.
+        env.set_fuel(Some(RENDER_FUEL));
         // Python's str/dict/list methods (`.strip()`, `.items()`, `.startswith()`, …).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);

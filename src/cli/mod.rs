@@ -51,6 +51,12 @@ pub struct QuantizeArgs {
     /// Importance matrix (llama-imatrix's GGUF or legacy .dat) for the quantized types.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
+    /// Re-quantize weights holding NaN or infinite values instead of refusing the file.
+    #[arg(long = "allow-nonfinite")]
+    pub allow_nonfinite: bool,
+    /// Replace the output file if it exists.
+    #[arg(short = 'f', long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +82,12 @@ pub struct ConvertArgs {
     /// checkpoints (`<name>-mmproj-<TYPE>.gguf`): f32, f16, bf16 or q8_0.
     #[arg(long = "mmproj-type", default_value = "f16", value_name = "TYPE")]
     pub mmproj_type: String,
+    /// Convert weights holding NaN or infinite values instead of refusing the checkpoint.
+    #[arg(long = "allow-nonfinite")]
+    pub allow_nonfinite: bool,
+    /// Replace the output file if it exists.
+    #[arg(short = 'f', long)]
+    pub force: bool,
 }
 
 /// Where the model comes from and how it is loaded.
@@ -83,11 +95,12 @@ pub struct ConvertArgs {
 pub struct ModelArgs {
     /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
     pub model: PathBuf,
-    /// Context size in tokens [default: 4096].
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
-    pub ctx_size: u32,
+    /// Context size in tokens, at most the model's training context [default: 4096, or
+    /// the training context when smaller].
+    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_CTX)))]
+    pub ctx_size: Option<u32>,
     /// CPU threads [default: all cores].
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=MAX_THREADS))]
     pub threads: Option<i32>,
     /// Layers to offload to the GPU in GPU builds [default: all].
     #[arg(long = "gpu-layers", value_name = "N")]
@@ -154,28 +167,29 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct GenerationArgs {
     /// Sampling temperature; 0 picks the most likely token every time.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = temperature)]
     pub temp: f32,
     /// Keep only the K most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
+    #[arg(long = "top-k", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..=MAX_TOP_K))]
     pub top_k: i32,
     /// Keep the most likely tokens up to this total probability (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
+    #[arg(long = "top-p", default_value_t = 0.95, value_parser = probability)]
     pub top_p: f32,
     /// Drop tokens less likely than this fraction of the best one (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
+    #[arg(long = "min-p", default_value_t = 0.05, value_parser = probability)]
     pub min_p: f32,
     /// Penalty for repeating recent tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, value_parser = penalty)]
     pub repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at.
-    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    /// How many recent tokens the repeat penalty looks at (-1 = the whole context).
+    #[arg(long = "repeat-last-n", default_value_t = 64, value_parser = clap::value_parser!(i32).range(-1..=MAX_CTX as i64))]
     pub repeat_last_n: i32,
     /// Random seed [default: a fresh one each run].
     #[arg(long)]
     pub seed: Option<u32>,
-    /// Stop after this many generated tokens.
-    #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
+    /// Stop after this many generated tokens (generation also stops when the context is
+    /// full).
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 1024, value_parser = max_tokens)]
     pub max_tokens: usize,
     /// Do not print the model's reasoning (`<think>` blocks); by default it goes to
     /// stderr, dimmed on a terminal, and only the answer goes to stdout.
@@ -240,6 +254,41 @@ pub struct LogitsArgs {
     /// Output JSON file.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// Upper bounds for numeric flags, checked before anything is allocated.
+pub const MAX_CTX: u32 = 1 << 24;
+const MAX_THREADS: i64 = 1024;
+const MAX_TOP_K: i64 = 1 << 24;
+
+/// A number the sampler can use: finite, and within `range`.
+fn bounded_float(text: &str, range: std::ops::RangeInclusive<f32>) -> Result<f32, String> {
+    let value: f32 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if !value.is_finite() || !range.contains(&value) {
+        return Err(format!("{text} is outside {}..={}", range.start(), range.end()));
+    }
+    Ok(value)
+}
+
+pub fn temperature(text: &str) -> Result<f32, String> {
+    bounded_float(text, 0.0..=100.0)
+}
+
+pub fn probability(text: &str) -> Result<f32, String> {
+    bounded_float(text, 0.0..=1.0)
+}
+
+pub fn penalty(text: &str) -> Result<f32, String> {
+    bounded_float(text, 0.0..=100.0).and_then(|v| if v > 0.0 { Ok(v) } else { Err("must be above 0".into()) })
+}
+
+/// A token count; larger than any context, the generation is bounded by the context.
+pub fn max_tokens(text: &str) -> Result<usize, String> {
+    let value: u64 = text.parse().map_err(|_| format!("{text:?} is not a count"))?;
+    usize::try_from(value.min(u64::from(u32::MAX))).map_err(|e| e.to_string())
 }
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,11 +1,10 @@
 //! `glm chat`: the interactive REPL (rustyline: history, editing, completion), and the
 //! plain line-per-turn mode used when stdin is not a terminal.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -18,9 +17,6 @@ use super::reply::{Reply, ReplyPrinter};
 use crate::chat::{prompt_opens_thinking, ChatTemplate, Conversation, RenderOptions};
 use crate::cli::{ChatArgs, GenerationArgs};
 use crate::engine::{ChatSession, Engine, GenerationStats, Projector, Sampling};
-
-/// Set by Ctrl-C while an answer is being generated.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 const HELP: &str = "\
 /help                 this help
@@ -95,7 +91,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     if interactive {
         // Only a person at the terminal gets "Ctrl-C stops the answer"; a script fed
         // through a pipe keeps the usual meaning, stop the program.
-        ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        crate::signals::claim_interrupts();
         repl(&mut state)
     } else {
         scripted(&mut state)
@@ -105,11 +101,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
 /// One turn per line (or per `"""` block) from stdin; answers printed plainly.
 fn scripted(state: &mut ChatState) -> Result<()> {
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    while let Some(line) = lines.next() {
-        let line = line.context("reading standard input")?;
+    let mut input = stdin.lock();
+    while let Some(line) = bounded_line(&mut input)? {
         let text = match line.trim_start().strip_prefix("\"\"\"") {
-            Some(first) => read_block(first, || lines.next().transpose().ok().flatten())?,
+            Some(first) => read_block(first, || bounded_line(&mut input).ok().flatten())?,
             None => line,
         };
         if text.trim().is_empty() {
@@ -127,6 +122,32 @@ fn scripted(state: &mut ChatState) -> Result<()> {
     Ok(())
 }
 
+/// The longest line a script may send (a turn is bounded by the context anyway).
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// The next line of `input` without its line end, refusing endless lines (`/dev/zero`).
+fn bounded_line<R: BufRead>(input: &mut R) -> Result<Option<String>> {
+    let mut line = Vec::new();
+    let read = Read::take(&mut *input, MAX_LINE_BYTES + 1)
+        .read_until(b'\n', &mut line)
+        .context("reading standard input")?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.len() as u64 > MAX_LINE_BYTES {
+        bail!("standard input: a line is longer than {MAX_LINE_BYTES} bytes");
+    }
+    if line.ends_with(b"\n") {
+        line.pop();
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| anyhow!("standard input: a line is not UTF-8 text"))
+}
+
 /// The user's message, with any images attached by /image.
 fn push_user(state: &mut ChatState, text: &str) {
     let images = std::mem::take(&mut state.pending_images);
@@ -139,7 +160,7 @@ fn repl(state: &mut ChatState) -> Result<()> {
     loop {
         // While the editor reads, Ctrl-C reaches it and not our handler; from Enter on,
         // a Ctrl-C is meant for the answer to this message, even before it streams.
-        INTERRUPTED.store(false, Ordering::SeqCst);
+        crate::signals::clear_interrupt();
         let text = match prompt_user(history.as_deref())? {
             Prompted::Message(text) => text,
             Prompted::Eof => break,
@@ -288,7 +309,9 @@ fn command_line(state: &mut ChatState, command: &str) -> Result<bool> {
         }
         "save" => {
             let path = path_argument(argument, "/save <file>")?;
-            state.conversation.save(&path)?;
+            let mut inputs = vec![state.model_path.as_path()];
+            inputs.extend(state.projector_path.as_deref());
+            state.conversation.save(&path, &inputs)?;
             notice(
                 state,
                 &format!(
@@ -355,23 +378,27 @@ fn set_parameter(state: &mut ChatState, argument: &str) -> Result<()> {
         .split_once(char::is_whitespace)
         .context("usage: /set <param> <value>")?;
     let value = value.trim();
-    let number = || {
-        value
-            .parse::<f32>()
-            .with_context(|| format!("{value:?} is not a number"))
+    let checked = |parse: fn(&str) -> Result<f32, String>| parse(value).map_err(|e| anyhow!("{name}: {e}"));
+    let integer = |range: std::ops::RangeInclusive<i64>| -> Result<i32> {
+        match value.parse::<i64>() {
+            Ok(v) if range.contains(&v) => Ok(v as i32),
+            _ => bail!(
+                "{name}: {value:?} is not a whole number in {}..={}",
+                range.start(),
+                range.end()
+            ),
+        }
     };
     let s = &mut state.sampling;
     match name {
-        "temp" | "temperature" => s.temperature = number()?,
-        "top-k" => s.top_k = number()? as i32,
-        "top-p" => s.top_p = number()?,
-        "min-p" => s.min_p = number()?,
-        "repeat-penalty" => s.repeat_penalty = number()?,
-        "repeat-last-n" => s.repeat_last_n = number()? as i32,
+        "temp" | "temperature" => s.temperature = checked(crate::cli::temperature)?,
+        "top-k" => s.top_k = integer(0..=i64::from(i32::MAX))?,
+        "top-p" => s.top_p = checked(crate::cli::probability)?,
+        "min-p" => s.min_p = checked(crate::cli::probability)?,
+        "repeat-penalty" => s.repeat_penalty = checked(crate::cli::penalty)?,
+        "repeat-last-n" => s.repeat_last_n = integer(-1..=i64::from(crate::cli::MAX_CTX))?,
         "seed" => s.seed = value.parse().with_context(|| format!("{value:?} is not a seed"))?,
-        "max-tokens" => {
-            state.generation.max_tokens = value.parse().with_context(|| format!("{value:?} is not a count"))?
-        }
+        "max-tokens" => state.generation.max_tokens = crate::cli::max_tokens(value).map_err(|e| anyhow!("{e}"))?,
         other => bail!(
             "unknown parameter {other:?} (temp, top-k, top-p, min-p, repeat-penalty, repeat-last-n, seed, max-tokens)"
         ),
@@ -404,28 +431,54 @@ fn notice(state: &ChatState, text: &str) {
     }
 }
 
+/// The rendered prompt and its tokens, after dropping the fewest oldest exchanges that
+/// make it fit with room for the answer. The cut is found by bisection, so a long loaded
+/// conversation costs a few renders, not one per dropped exchange.
+fn fit_to_context(state: &mut ChatState) -> Result<(String, Vec<i32>)> {
+    let n_ctx = state.session.n_ctx();
+    let room = state.generation.max_tokens.min(n_ctx / 4);
+    if let Some(fitted) = render_if_fits(state, &state.conversation, n_ctx - room)? {
+        return Ok(fitted);
+    }
+    let cuts = state.conversation.cut_points();
+    let (mut low, mut high) = (0, cuts.len());
+    let mut best = None;
+    while low < high {
+        let middle = (low + high) / 2;
+        let mut trimmed = state.conversation.clone();
+        trimmed.drop_oldest(cuts[middle]);
+        match render_if_fits(state, &trimmed, n_ctx - room)? {
+            Some(fitted) => {
+                best = Some((cuts[middle], fitted));
+                high = middle;
+            }
+            None => low = middle + 1,
+        }
+    }
+    let Some((dropped, fitted)) = best else {
+        bail!("the message does not fit in the context of {n_ctx} tokens with room for the answer; raise --ctx-size");
+    };
+    state.conversation.drop_oldest(dropped);
+    eprintln!("(context full: dropped the oldest {dropped} messages)");
+    Ok(fitted)
+}
+
+/// The prompt and tokens of `conversation` when they fit in `limit` tokens.
+fn render_if_fits(state: &ChatState, conversation: &Conversation, limit: usize) -> Result<Option<(String, Vec<i32>)>> {
+    let prompt = state.template.render(&conversation.messages(), &state.render)?;
+    if prompt.len() / state.engine.max_token_bytes() > limit {
+        return Ok(None);
+    }
+    let tokens = state.session.tokens_for(&prompt);
+    Ok((tokens.len() <= limit).then_some((prompt, tokens)))
+}
+
 /// Renders the conversation, makes room in the context if needed, and streams the reply.
 fn answer(state: &mut ChatState) -> Result<()> {
-    let (prompt, tokens) = loop {
-        let prompt = state.template.render(&state.conversation.messages(), &state.render)?;
-        let tokens = state.session.tokens_for(&prompt);
-        let room = state.generation.max_tokens.min(state.session.n_ctx() / 4);
-        if tokens.len() + room <= state.session.n_ctx() {
-            break (prompt, tokens);
-        }
-        let dropped = state.conversation.drop_oldest_exchange();
-        if dropped == 0 {
-            bail!(
-                "the message needs {} tokens but the context holds {}; raise --ctx-size",
-                tokens.len() + room,
-                state.session.n_ctx()
-            );
-        }
-        eprintln!("(context full: dropped the oldest {dropped} messages)");
-    };
+    let (prompt, tokens) = fit_to_context(state)?;
     let images = state.conversation.images();
     let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
-    let mut on_text = |text: &str| printer.push(text) && !INTERRUPTED.load(Ordering::SeqCst);
+    let mut on_text = |text: &str| printer.push(text) && !crate::signals::interrupted();
     let (max_tokens, sampling) = (state.generation.max_tokens, state.sampling.clone());
     let stats = if images.is_empty() {
         state.session.respond(&tokens, max_tokens, &sampling, &mut on_text)?
@@ -441,7 +494,7 @@ fn answer(state: &mut ChatState) -> Result<()> {
             .respond_with_images(projector, &prompt, &images, max_tokens, &sampling, &mut on_text)?
     };
     let reply: Reply = printer.finish().context("writing the answer")?;
-    if INTERRUPTED.swap(false, Ordering::SeqCst) {
+    if crate::signals::take_interrupt() {
         eprintln!("(interrupted)");
     }
     std::io::stdout().flush()?;

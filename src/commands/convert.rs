@@ -1,4 +1,7 @@
+use std::path::Path;
+
 use anyhow::{anyhow, bail, Result};
+use glm_convert::files::check_output;
 use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, PlanOptions, Preset};
 
 use crate::cli::ConvertArgs;
@@ -20,23 +23,44 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         quantizer: Some(&GgmlQuantizer),
         importance: importance.as_ref(),
         name: args.name.clone(),
-        plan: PlanOptions { keep_mtp: !args.no_mtp },
+        plan: PlanOptions {
+            keep_mtp: !args.no_mtp,
+            allow_nonfinite: args.allow_nonfinite,
+        },
     };
     let mmproj_type = match GgmlType::parse(&args.mmproj_type) {
         Some(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0)) => t,
         _ => bail!("--mmproj-type {}: use f32, f16, bf16 or q8_0", args.mmproj_type),
     };
-    let summary = glm_convert::convert(&args.input, &output, &options, &ConvertProgress::new())?;
-    report(&summary);
-    let dir = output.parent().unwrap_or(std::path::Path::new(""));
+    let dir = output.parent().unwrap_or(Path::new(""));
     let base = glm_convert::model_base_name(&args.input);
     let mmproj = dir.join(format!("{base}-mmproj-{}.gguf", mmproj_type.name()));
+    let inputs = input_files(&args.input, args.imatrix.as_deref(), &args.quant);
+    check_output(&output, &inputs, args.force)?;
+    if glm_convert::mmproj::has_vision(&args.input)? {
+        check_output(&mmproj, &inputs, args.force)?;
+        glm_convert::files::check_distinct(&output, &mmproj)?;
+    }
+    let summary = glm_convert::convert(&args.input, &output, &options, &ConvertProgress::new())?;
+    report(&summary);
     if let Some(summary) =
         glm_convert::mmproj::convert_mmproj(&args.input, &mmproj, mmproj_type, &options, &ConvertProgress::new())?
     {
         report(&summary);
     }
     Ok(())
+}
+
+/// What a conversion reads: the checkpoint (or GGUF), the importance matrix, and the
+/// preset when it is a file; no output may land on any of them.
+pub fn input_files<'a>(input: &'a Path, imatrix: Option<&'a Path>, preset: &'a str) -> Vec<&'a Path> {
+    let mut inputs = vec![input];
+    inputs.extend(imatrix);
+    let preset = Path::new(preset);
+    if preset.is_file() {
+        inputs.push(preset);
+    }
+    inputs
 }
 
 /// One line on stderr for each file written.

@@ -1,8 +1,11 @@
+//! `glm inspect`: a GGUF's metadata and tensor table, read with glm's validating reader
+//! (a malformed file is refused with the reason, never half-printed).
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{anyhow, Result};
-use serde_json::Value;
+use anyhow::Result;
+use glm_convert::gguf::{ArrayValue, GgufHeader, MetaValue};
 
 use crate::cli::InspectArgs;
 
@@ -10,42 +13,39 @@ use crate::cli::InspectArgs;
 const ARRAY_PREVIEW: usize = 6;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    crate::model_source::check_gguf_magic(&args.file)?;
-    let path = args.file.to_string_lossy();
-    let model = gguf_rs::get_gguf_container_array_size(&path, u64::MAX)
-        .and_then(|mut c| c.decode())
-        .map_err(|e| anyhow!("{path}: unreadable GGUF: {e}"))?;
+    let header = glm_convert::gguf::read_file(&args.file)?.header;
+    let path = args.file.display();
     let mut out = String::new();
     writeln!(
         out,
         "{path}: GGUF {}, {} metadata keys, {} tensors",
-        model.get_version(),
-        model.num_kv(),
-        model.num_tensor()
+        header.version,
+        header.meta.iter().count(),
+        header.tensors.len()
     )?;
-    write_summary(&mut out, model.metadata())?;
+    write_summary(&mut out, &header)?;
     writeln!(out, "\nmetadata:")?;
-    for (key, value) in model.metadata() {
+    for (key, value) in header.meta.iter() {
         writeln!(out, "  {key:<44} {}", describe(value, args.full))?;
     }
     writeln!(out, "\ntensors:")?;
-    let mut per_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut per_type: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     let mut total_elements = 0u64;
-    for t in model.tensors() {
-        let type_name = type_name(t.kind);
-        let elements: u64 = t.shape.iter().product();
+    for (t, _) in &header.tensors {
+        let type_name = t.ggml_type.name();
+        let elements: u64 = t.ne.iter().product();
         total_elements += elements;
-        let entry = per_type.entry(type_name.clone()).or_default();
+        let entry = per_type.entry(type_name).or_default();
         entry.0 += 1;
-        entry.1 += t.size;
-        let shape: Vec<String> = t.shape.iter().map(u64::to_string).collect();
+        entry.1 += t.n_bytes();
+        let shape: Vec<String> = t.ne.iter().map(u64::to_string).collect();
         writeln!(
             out,
             "  {:<40} {:<6} {:<22} {:>12}",
             t.name,
             type_name,
             format!("[{}]", shape.join(", ")),
-            human_bytes(t.size)
+            human_bytes(t.n_bytes())
         )?;
     }
     writeln!(out, "\n{} parameters", total_elements)?;
@@ -57,11 +57,16 @@ pub fn run(args: &InspectArgs) -> Result<()> {
 }
 
 /// The facts people look for first: architecture, depth, NextN layers, experts.
-fn write_summary(out: &mut String, meta: &BTreeMap<String, Value>) -> std::fmt::Result {
-    let Some(arch) = meta.get("general.architecture").and_then(Value::as_str) else {
+fn write_summary(out: &mut String, header: &GgufHeader) -> std::fmt::Result {
+    let Some(arch) = header.architecture() else {
         return Ok(());
     };
-    let get = |key: &str| meta.get(&format!("{arch}.{key}")).and_then(Value::as_u64);
+    let get = |key: &str| {
+        header
+            .get(&format!("{arch}.{key}"))
+            .and_then(MetaValue::as_integer)
+            .and_then(|v| u64::try_from(v).ok())
+    };
     writeln!(out, "\nsummary:")?;
     writeln!(out, "  architecture       {arch}")?;
     let blocks = get("block_count").unwrap_or(0);
@@ -96,31 +101,62 @@ fn write_summary(out: &mut String, meta: &BTreeMap<String, Value>) -> std::fmt::
     Ok(())
 }
 
-fn type_name(kind: u32) -> String {
-    gguf_rs::GGMLType::try_from(kind).map_or_else(|_| format!("type{kind}"), |t| t.to_string())
-}
-
-fn describe(value: &Value, full: bool) -> String {
-    match value {
-        Value::Array(items) if !full && items.len() > ARRAY_PREVIEW => {
-            let head: Vec<String> = items[..ARRAY_PREVIEW].iter().map(short).collect();
-            format!("[{} items] {}, …", items.len(), head.join(", "))
-        }
-        Value::Array(items) => {
-            let all: Vec<String> = items.iter().map(short).collect();
-            format!("[{}]", all.join(", "))
-        }
-        other => short(other),
+fn describe(value: &MetaValue, full: bool) -> String {
+    let MetaValue::Array(items) = value else {
+        return scalar(value);
+    };
+    let texts = array_texts(items, if full { usize::MAX } else { ARRAY_PREVIEW });
+    if !full && items.len() > ARRAY_PREVIEW {
+        format!("[{} items] {}, …", items.len(), texts.join(", "))
+    } else {
+        format!("[{}]", texts.join(", "))
     }
 }
 
-fn short(value: &Value) -> String {
+/// The first `limit` elements of an array, as text.
+fn array_texts(items: &ArrayValue, limit: usize) -> Vec<String> {
+    fn show<T: ToString>(v: &[T], limit: usize) -> Vec<String> {
+        v.iter().take(limit).map(T::to_string).collect()
+    }
+    match items {
+        ArrayValue::U8(v) => show(v, limit),
+        ArrayValue::I8(v) => show(v, limit),
+        ArrayValue::U16(v) => show(v, limit),
+        ArrayValue::I16(v) => show(v, limit),
+        ArrayValue::U32(v) => show(v, limit),
+        ArrayValue::I32(v) => show(v, limit),
+        ArrayValue::F32(v) => show(v, limit),
+        ArrayValue::Bool(v) => show(v, limit),
+        ArrayValue::U64(v) => show(v, limit),
+        ArrayValue::I64(v) => show(v, limit),
+        ArrayValue::F64(v) => show(v, limit),
+        ArrayValue::Str(v) => v.iter().take(limit).map(|s| quoted(s)).collect(),
+    }
+}
+
+fn scalar(value: &MetaValue) -> String {
     match value {
-        Value::String(s) if s.len() > 80 => {
-            format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(80)], s.len())
-        }
-        Value::String(s) => format!("{s:?}"),
-        other => other.to_string(),
+        MetaValue::Str(s) => quoted(s),
+        MetaValue::U8(v) => v.to_string(),
+        MetaValue::I8(v) => v.to_string(),
+        MetaValue::U16(v) => v.to_string(),
+        MetaValue::I16(v) => v.to_string(),
+        MetaValue::U32(v) => v.to_string(),
+        MetaValue::I32(v) => v.to_string(),
+        MetaValue::U64(v) => v.to_string(),
+        MetaValue::I64(v) => v.to_string(),
+        MetaValue::F32(v) => v.to_string(),
+        MetaValue::F64(v) => v.to_string(),
+        MetaValue::Bool(v) => v.to_string(),
+        MetaValue::Array(items) => format!("[{} items]", items.len()),
+    }
+}
+
+fn quoted(s: &str) -> String {
+    if s.len() > 80 {
+        format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(80)], s.len())
+    } else {
+        format!("{s:?}")
     }
 }
 

@@ -1,10 +1,17 @@
-use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::LogitsArgs;
 use crate::engine::ChatSession;
 
 pub fn run(args: &LogitsArgs) -> Result<()> {
+    let mut inputs = vec![args.model.model.as_path()];
+    inputs.extend(args.mmproj.as_deref());
+    inputs.extend(args.images.iter().map(PathBuf::as_path));
+    inputs.extend(args.prompt_format.tools.as_deref());
+    glm_convert::files::check_output(&args.output, &inputs, args.force)?;
     let (engine, model_path) = super::load_engine_and_path(&args.model)?;
     if !args.images.is_empty() {
         let prompt = args.prompt.as_deref().unwrap_or_default();
@@ -28,6 +35,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
         (Some(tokens), _) => tokens.clone(),
         (None, Some(prompt)) => {
             let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?, &[])?;
+            engine.check_text_fits(&text, engine.n_ctx_train())?;
             engine.tokenize(&text)
         }
         (None, None) => anyhow::bail!("give --prompt or --tokens"),
@@ -36,7 +44,6 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     write_json(&args.output, &json!({"tokens": tokens, "logits": logits}))
 }
 
-fn write_json(path: &std::path::Path, body: &serde_json::Value) -> Result<()> {
-    crate::files::write_atomically(path, &serde_json::to_vec(body)?)
-        .with_context(|| format!("{}: cannot write", path.display()))
+fn write_json(path: &Path, body: &serde_json::Value) -> Result<()> {
+    Ok(glm_convert::files::write_bytes(path, &serde_json::to_vec(body)?)?)
 }

@@ -38,12 +38,14 @@ fn fresh_seed() -> u32 {
         .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
 }
 
+const MAX_TOOLS_BYTES: u64 = 16 << 20;
+
 /// Tool definitions from `--tools`, checked to be a JSON list.
 pub fn tool_definitions(format: &PromptArgs) -> Result<Option<serde_json::Value>> {
     let Some(path) = &format.tools else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = glm_convert::files::read_text_limited(path, MAX_TOOLS_BYTES)?;
     let tools: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
     if !tools.is_array() {
@@ -85,16 +87,23 @@ pub fn chat_template(engine: &Engine) -> Result<ChatTemplate> {
     Ok(ChatTemplate::new(&source)?)
 }
 
-/// `-` means standard input.
+/// The most a prompt read from standard input may hold.
+pub const MAX_STDIN_PROMPT_BYTES: u64 = 16 << 20;
+
+/// `-` means standard input (at most [`MAX_STDIN_PROMPT_BYTES`]).
 pub fn text_argument(text: &str) -> Result<String> {
     if text != "-" {
         return Ok(text.to_owned());
     }
-    let mut buffer = String::new();
+    let mut buffer = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut buffer)
+        .take(MAX_STDIN_PROMPT_BYTES + 1)
+        .read_to_end(&mut buffer)
         .context("reading the prompt from standard input")?;
-    Ok(buffer)
+    if buffer.len() as u64 > MAX_STDIN_PROMPT_BYTES {
+        anyhow::bail!("standard input: the prompt is larger than {MAX_STDIN_PROMPT_BYTES} bytes");
+    }
+    String::from_utf8(buffer).map_err(|_| anyhow::anyhow!("standard input: the prompt is not UTF-8 text"))
 }
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
@@ -115,7 +124,7 @@ pub fn load_engine_and_path(args: &ModelArgs) -> Result<(Engine, PathBuf)> {
 pub fn context_options(args: &ModelArgs) -> ContextOptions {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get()) as i32;
     ContextOptions {
-        ctx_size: args.ctx_size,
+        ctx_size: args.ctx_size.unwrap_or(0),
         threads: args.threads.unwrap_or(cores).max(1),
         cache_type: args.cache_type,
         flash_attention: args.flash_attention,

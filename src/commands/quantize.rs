@@ -13,8 +13,13 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         quantizer: Some(&GgmlQuantizer),
         importance: importance.as_ref(),
         name: None,
-        plan: Default::default(),
+        plan: glm_convert::PlanOptions {
+            allow_nonfinite: args.allow_nonfinite,
+            ..Default::default()
+        },
     };
+    let inputs = super::convert::input_files(&args.input, args.imatrix.as_deref(), &args.quant);
+    glm_convert::files::check_output(&args.output, &inputs, args.force)?;
     let summary = glm_convert::requantize(&args.input, &args.output, &options, &ConvertProgress::new())?;
     super::convert::report(&summary);
     Ok(())

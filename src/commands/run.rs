@@ -14,6 +14,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let context = super::context_options(&args.model);
     let mut on_text = |text: &str| output.push(text);
     let stats = if args.images.is_empty() {
+        engine.check_text_fits(&prompt, engine.context_size(&context, 0)?)?;
         let tokens = engine.tokenize(&prompt);
         engine.generate(&tokens, args.generation.max_tokens, &sampling, &context, &mut on_text)?
     } else {

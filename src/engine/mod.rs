@@ -1,5 +1,6 @@
 //! The engine around llama.cpp: the only module that touches llama-cpp-2.
 
+mod log;
 pub mod quantize;
 
 use std::num::NonZeroU32;
@@ -8,6 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use glm_convert::gguf::check::{check_model, check_projector};
+use glm_convert::gguf::{ArrayValue, GgufHeader, MetaValue};
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -24,6 +27,9 @@ const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|
 /// needs them to tell reasoning from the answer.
 const GLM_VISIBLE_TAGS: [&str; 2] = ["<think>", "</think>"];
 
+/// The context size when none is asked for (capped by the model's training context).
+pub const DEFAULT_CTX: u32 = 4096;
+
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
 /// llama.cpp's backend may be initialised once per process; every engine shares it.
@@ -31,11 +37,7 @@ fn backend() -> Result<&'static LlamaBackend> {
     BACKEND
         .get_or_init(|| {
             let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
-            // Silences llama.cpp and libmtmd alike (each has its own log callback);
-            // with GLM_LLAMA_LOG set their own logging to stderr stays.
-            if std::env::var_os("GLM_LLAMA_LOG").is_none() {
-                llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
-            }
+            log::install();
             Ok(backend)
         })
         .as_ref()
@@ -74,6 +76,8 @@ pub struct Sampling {
 
 #[derive(Debug, Clone)]
 pub struct ContextOptions {
+    /// Context size in tokens; 0 takes the model's default ([`DEFAULT_CTX`] or its
+    /// training context, whichever is smaller).
     pub ctx_size: u32,
     pub threads: i32,
     pub cache_type: CacheType,
@@ -150,18 +154,26 @@ fn per_second(count: usize, time: Duration) -> f64 {
 
 pub struct Engine {
     model: LlamaModel,
+    /// The file's header as glm's reader validated it before llama.cpp saw the file.
+    header: GgufHeader,
     end_of_turn: Vec<LlamaToken>,
     visible_tags: Vec<LlamaToken>,
 }
 
 impl Engine {
+    /// Loads a model GGUF. The file is validated by glm's own reader first, so that a
+    /// malformed or inconsistent file is refused with its reason before llama.cpp, which
+    /// trusts what it reads, ever parses it.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let header = glm_convert::gguf::read_file(path)?.header;
+        check_model(&header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
         let backend = backend()?;
         let params = LlamaModelParams::default()
             .with_n_gpu_layers(options.gpu_layers)
             .with_vocab_only(options.vocab_only);
+        log::start_capture();
         let model = LlamaModel::load_from_file(backend, path, &params)
-            .map_err(|e| anyhow!("{}: llama.cpp cannot load this file: {e}", path.display()))?;
+            .map_err(|e| refusal(format!("{}: llama.cpp cannot load this file", path.display()), e))?;
         let single_tokens = |texts: &[&str]| -> Vec<LlamaToken> {
             texts
                 .iter()
@@ -175,9 +187,60 @@ impl Engine {
         let visible_tags = single_tokens(&GLM_VISIBLE_TAGS);
         Ok(Self {
             model,
+            header,
             end_of_turn,
             visible_tags,
         })
+    }
+
+    /// The context length the model was trained for.
+    pub fn n_ctx_train(&self) -> u32 {
+        self.model.n_ctx_train().max(1)
+    }
+
+    /// The context size `options` ask for, checked against the model before anything is
+    /// allocated: no more than the training context (a larger one needs memory the user
+    /// did not plan for and gives garbage past the trained length).
+    pub fn context_size(&self, options: &ContextOptions, needed: usize) -> Result<u32> {
+        let train = self.n_ctx_train();
+        let asked = if options.ctx_size == 0 {
+            DEFAULT_CTX.min(train)
+        } else {
+            options.ctx_size
+        };
+        let needed = u32::try_from(needed).unwrap_or(u32::MAX);
+        let n_ctx = asked.max(needed).max(16);
+        if n_ctx > train {
+            if needed > asked {
+                bail!("{needed} tokens need a context larger than the {train} tokens this model was trained for");
+            }
+            bail!("--ctx-size {n_ctx} is larger than the {train} tokens this model was trained for");
+        }
+        Ok(n_ctx)
+    }
+
+    /// The longest text one token stands for, in bytes (GGUF token texts are at least as
+    /// long as the bytes they decode to), so `bytes / this` tokens is a lower bound on
+    /// what a text tokenizes to.
+    pub fn max_token_bytes(&self) -> usize {
+        match self.header.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(ArrayValue::Str(tokens))) => tokens.iter().map(String::len).max().unwrap_or(1),
+            _ => usize::MAX,
+        }
+        .max(1)
+    }
+
+    /// Refuses a text that cannot fit in `n_ctx` tokens before tokenizing it (tokenizing
+    /// megabytes takes long and the result would be refused anyway).
+    pub fn check_text_fits(&self, text: &str, n_ctx: u32) -> Result<()> {
+        let at_least = text.len() / self.max_token_bytes();
+        if at_least >= n_ctx as usize {
+            bail!(
+                "the prompt ({} bytes, at least {at_least} tokens) cannot fit in a context of {n_ctx} tokens",
+                text.len()
+            );
+        }
+        Ok(())
     }
 
     pub fn metadata(&self, key: &str) -> Option<String> {
@@ -227,7 +290,7 @@ impl Engine {
     }
 
     fn context(&self, options: &ContextOptions, min_ctx: usize) -> Result<LlamaContext<'_>> {
-        let n_ctx = options.ctx_size.max(min_ctx as u32).max(16);
+        let n_ctx = self.context_size(options, min_ctx)?;
         let batch = n_ctx.min(2048);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -238,9 +301,10 @@ impl Engine {
             .with_type_k(options.cache_type.llama_type())
             .with_type_v(options.cache_type.llama_type())
             .with_flash_attention_policy(options.flash_attention.llama_policy());
+        log::start_capture();
         self.model
             .new_context(backend()?, params)
-            .map_err(|e| anyhow!("cannot create a llama.cpp context of {n_ctx} tokens: {e}"))
+            .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_ctx} tokens"), e))
     }
 
     /// Evaluates `tokens` (in batches) and returns the logits of every position when
@@ -282,11 +346,9 @@ impl Engine {
         options: &ContextOptions,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<GenerationStats> {
-        let ctx_size = ContextOptions {
-            ctx_size: options.ctx_size.max((prompt.len() + max_tokens) as u32),
-            ..options.clone()
-        };
-        let mut session = ChatSession::new(self, &ctx_size)?;
+        // The context is what the user asked for; generation stops when it is full, so a
+        // huge `max_tokens` never turns into a huge allocation.
+        let mut session = ChatSession::new(self, options)?;
         session.respond(prompt, max_tokens, sampling, on_text)
     }
 
@@ -321,12 +383,20 @@ impl Engine {
     }
 
     /// llama.cpp's usual sampler order: penalties, top-k, top-p, min-p, temperature, draw.
-    fn sampler(&self, s: &Sampling) -> LlamaSampler {
+    /// The penalty window is at most the context (`-1` means all of it), since llama.cpp
+    /// allocates it up front.
+    fn sampler(&self, s: &Sampling, n_ctx: usize) -> LlamaSampler {
+        let n_ctx = i32::try_from(n_ctx).unwrap_or(i32::MAX);
+        let window = if s.repeat_last_n < 0 {
+            n_ctx
+        } else {
+            s.repeat_last_n.min(n_ctx)
+        };
         let mut chain = Vec::new();
         if s.repeat_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(
                 self.model.n_vocab(),
-                s.repeat_last_n,
+                window,
                 s.repeat_penalty,
                 0.0,
                 0.0,
@@ -490,7 +560,7 @@ impl<'m> ChatSession<'m> {
         on_text: &mut dyn FnMut(&str) -> bool,
         mut stats: GenerationStats,
     ) -> Result<GenerationStats> {
-        let mut sampler = self.engine.sampler(sampling);
+        let mut sampler = self.engine.sampler(sampling, self.n_ctx());
         sampler.accept_many(prompt.iter());
         let mut decoder = encoding_rs::UTF_8.new_decoder();
         let (mut piece, mut text) = (Vec::new(), String::new());
@@ -539,6 +609,15 @@ impl<'m> ChatSession<'m> {
     }
 }
 
+/// An error for a llama.cpp call that failed: llama.cpp's own reason when it logged one,
+/// else what the binding reported.
+fn refusal(what: String, error: impl std::fmt::Display) -> anyhow::Error {
+    match log::reason() {
+        Some(reason) => anyhow!("{what}: {reason}"),
+        None => anyhow!("{what}: {error}"),
+    }
+}
+
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -566,10 +645,16 @@ impl Engine {
             image_min_tokens: -1,
             image_max_tokens: -1,
         };
+        let projector = glm_convert::gguf::read_file(path)?.header;
+        check_projector(&projector, &self.header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
+        log::start_capture();
         let ctx = MtmdContext::init_from_file(text, &self.model, &params).map_err(|e| {
-            anyhow!(
-                "{}: llama.cpp cannot load this vision projector for the model: {e}",
-                path.display()
+            refusal(
+                format!(
+                    "{}: llama.cpp cannot load this vision projector for the model",
+                    path.display()
+                ),
+                e,
             )
         })?;
         if !ctx.support_vision() {
@@ -630,10 +715,11 @@ impl ChatSession<'_> {
             .ctx
             .tokenize(input, &refs)
             .map_err(|e| anyhow!("cannot combine the prompt and the images: {e}"))?;
-        if chunks.total_positions() as usize >= self.n_ctx() {
+        // M-RoPE images take fewer positions than tokens; both must fit.
+        let needed = chunks.total_tokens().max(chunks.total_positions().max(0) as usize);
+        if needed >= self.n_ctx() {
             bail!(
-                "the prompt with its images needs {} positions; the context holds {}",
-                chunks.total_positions(),
+                "the prompt with its images needs {needed} tokens; the context holds {}",
                 self.n_ctx()
             );
         }
@@ -661,18 +747,28 @@ impl ChatSession<'_> {
 /// Decodes an image file (PNG, JPEG, WebP, BMP, GIF) to the RGB pixels libmtmd takes.
 /// Decoding here rather than in libmtmd adds WebP and gives errors that say what is wrong.
 fn load_bitmap(path: &Path) -> Result<MtmdBitmap> {
-    let decoded = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open the image", path.display()))?
+    let file = glm_convert::files::open_regular(path)?;
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
-        .with_context(|| format!("{}: cannot read the image", path.display()))?
-        .decode()
-        .map_err(|e| {
-            anyhow!(
-                "{}: not a PNG, JPEG, WebP, BMP or GIF image llama.cpp can use: {e}",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("{}: cannot read the image", path.display()))?;
+    // A small file can claim a huge picture (a decompression bomb): the size is checked
+    // from the header before any pixel is decoded.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| {
+        anyhow!(
+            "{}: not a PNG, JPEG, WebP, BMP or GIF image llama.cpp can use: {e}",
+            path.display()
+        )
+    })?;
     let rgb = decoded.to_rgb8();
     MtmdBitmap::from_image_data(rgb.width(), rgb.height(), rgb.as_raw())
         .map_err(|e| anyhow!("{}: cannot pass the image to llama.cpp: {e}", path.display()))
 }
+
+/// Largest image side and decoded size accepted (llama.cpp resizes far below this).
+const MAX_IMAGE_SIDE: u32 = 16384;
+const MAX_IMAGE_BYTES: u64 = 512 << 20;

@@ -72,7 +72,10 @@ pub fn converted_with(model: &str, preset: &str, keep_mtp: bool) -> PathBuf {
         quantizer: Some(&GgmlQuantizer),
         importance: None,
         name: None,
-        plan: glm_convert::PlanOptions { keep_mtp },
+        plan: glm_convert::PlanOptions {
+            keep_mtp,
+            ..Default::default()
+        },
     };
     glm_convert::convert(&model_dir(model), &output, &options, &())
         .unwrap_or_else(|e| panic!("converting {model} to {}: {e}", preset));

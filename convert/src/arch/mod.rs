@@ -21,11 +21,16 @@ use crate::tokenizer::SpecialTokens;
 pub struct PlanOptions {
     /// Keep multi-token-prediction (NextN) layers (llama.cpp's default).
     pub keep_mtp: bool,
+    /// Convert weights that hold NaN or infinite values instead of refusing them.
+    pub allow_nonfinite: bool,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        Self { keep_mtp: true }
+        Self {
+            keep_mtp: true,
+            allow_nonfinite: false,
+        }
     }
 }
 
@@ -348,7 +353,7 @@ pub(crate) fn write_mrope_sections(arch: &str, config: &HfConfig, meta: &mut Met
     padded.resize(4, 0);
     meta.set(
         format!("{arch}.rope.dimension_sections"),
-        crate::gguf::MetaValue::I32Array(padded),
+        crate::gguf::MetaValue::from(padded),
     );
     Ok(())
 }

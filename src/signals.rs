@@ -1,0 +1,53 @@
+//! SIGINT, SIGTERM and SIGHUP for the whole process, handled on an ordinary thread.
+//!
+//! By default a signal removes the temporary files of writes in progress (so an
+//! interrupted conversion leaves nothing partial) and ends the process with the shell's
+//! usual status, 128 + the signal number. An interactive chat claims SIGINT instead: then
+//! Ctrl-C only raises a flag that stops the answer being generated.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+static INTERRUPT_CLAIMED: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Starts the signal thread; call once, first thing.
+pub fn install() -> Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing the signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGINT && INTERRUPT_CLAIMED.load(Ordering::SeqCst) {
+                    INTERRUPTED.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                glm_convert::files::remove_partial_files();
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// From now on Ctrl-C sets the interrupt flag instead of ending the process.
+pub fn claim_interrupts() {
+    INTERRUPT_CLAIMED.store(true, Ordering::SeqCst);
+}
+
+/// True once Ctrl-C was pressed since the last [`take_interrupt`] or [`clear_interrupt`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Whether Ctrl-C was pressed, resetting the flag.
+pub fn take_interrupt() -> bool {
+    INTERRUPTED.swap(false, Ordering::SeqCst)
+}
+
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+}
