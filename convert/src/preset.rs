@@ -98,6 +98,9 @@ pub struct ModelFacts {
     pub head_count: u32,
     /// Key/value heads, `<arch>.attention.head_count_kv`; the query head count when absent.
     pub head_count_kv: u32,
+    /// Blocks, NextN layers included, `<arch>.block_count`: the n of `position: block`
+    /// (0: one past the highest `blk.N` among the tensors).
+    pub blocks: u32,
 }
 
 impl ModelFacts {
@@ -110,6 +113,7 @@ impl ModelFacts {
             experts: get("expert_count").unwrap_or(0),
             head_count,
             head_count_kv: get("attention.head_count_kv").unwrap_or(head_count),
+            blocks: get("block_count").unwrap_or(0),
         }
     }
 
@@ -322,9 +326,16 @@ impl<'a> TypePlanner<'a> {
                 }
             }
         }
+        if facts.blocks > 0 {
+            blocks = facts.blocks as usize;
+        }
         Self {
             preset,
-            applies: preset.rules.iter().map(|r| r.when.holds(facts, tied_embeddings)).collect(),
+            applies: preset
+                .rules
+                .iter()
+                .map(|r| r.when.holds(facts, tied_embeddings))
+                .collect(),
             seen: vec![0; totals.len()],
             totals,
             blocks,
@@ -432,7 +443,12 @@ mod tests {
                 ("blk.0.attn_norm.weight".to_owned(), vec![256]),
             ])
             .collect();
-        let mut planner = TypePlanner::new(&preset, &ModelFacts::default(), tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())), false);
+        let mut planner = TypePlanner::new(
+            &preset,
+            &ModelFacts::default(),
+            tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
+            false,
+        );
         let types: Vec<GgmlType> = tensors.iter().map(|(n, s)| planner.choose(n, s)).collect();
         // n = 8: more bits at 0, 3, 6 and 7.
         assert_eq!(types[0], GgmlType::Q6K);
@@ -481,18 +497,26 @@ rules:
             ]
         );
         let built_in = Preset::load("q4_k_m").unwrap();
-        assert_eq!(built_in.rules[0].when, Condition::default(), "no `when` is no condition");
+        assert_eq!(
+            built_in.rules[0].when,
+            Condition::default(),
+            "no `when` is no condition"
+        );
     }
 
     #[test]
     fn malformed_condition_names_the_line() {
         let unknown = WITH_CONDITIONS.replace("{experts: 8}", "{expert: 8}");
-        let text = Preset::parse("x", &unknown, Path::new("x.yaml")).unwrap_err().to_string();
+        let text = Preset::parse("x", &unknown, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("line 6"), "{text}");
         assert!(text.contains("expert") && text.contains("experts_at_least"), "{text}");
 
         let not_a_number = WITH_CONDITIONS.replace("experts_at_least: 4", "experts_at_least: four");
-        let text = Preset::parse("x", &not_a_number, Path::new("x.yaml")).unwrap_err().to_string();
+        let text = Preset::parse("x", &not_a_number, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("line 13"), "{text}");
         assert!(text.contains("four"), "{text}");
     }
@@ -517,6 +541,7 @@ rules:
             experts: 0,
             head_count: 4,
             head_count_kv: 4,
+            blocks: 1,
         };
         assert_eq!(plan(dense, true)[..3], [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K]);
         assert_eq!(plan(dense, false)[0], GgmlType::Q6K, "tied embeddings");
@@ -524,6 +549,7 @@ rules:
             experts: 8,
             head_count: 4,
             head_count_kv: 2,
+            blocks: 1,
         };
         assert_eq!(plan(moe, true)[..3], [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q8_0]);
         let wide = ModelFacts { experts: 16, ..moe };
@@ -541,6 +567,7 @@ rules:
         meta.set("glm4moe.expert_count", 8u32);
         meta.set("glm4moe.attention.head_count", 96u32);
         meta.set("glm4moe.attention.head_count_kv", 8u32);
+        meta.set("glm4moe.block_count", 93u32);
         meta.set("llama.expert_count", 4u32);
         let facts = ModelFacts::from_metadata("glm4moe", &meta);
         assert_eq!(
@@ -548,7 +575,8 @@ rules:
             ModelFacts {
                 experts: 8,
                 head_count: 96,
-                head_count_kv: 8
+                head_count_kv: 8,
+                blocks: 93,
             }
         );
         assert_eq!(facts.gqa(), 12);
@@ -557,6 +585,33 @@ rules:
         let facts = ModelFacts::from_metadata("glm4", &dense);
         assert_eq!((facts.experts, facts.head_count, facts.head_count_kv), (0, 32, 32));
         assert_eq!(ModelFacts::default().gqa(), 0);
+    }
+
+    #[test]
+    fn block_positions_count_the_declared_blocks() {
+        // llama.cpp's n for ffn_down is the block count, even where the file's tensors
+        // stop earlier.
+        let preset = Preset::load("q4_k_m").unwrap();
+        let tensors: Vec<(String, Vec<u64>)> = (0..8)
+            .map(|i| (format!("blk.{i}.ffn_down.weight"), vec![256, 256]))
+            .collect();
+        let picked = |facts: ModelFacts| -> Vec<usize> {
+            let mut planner = TypePlanner::new(
+                &preset,
+                &facts,
+                tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
+                false,
+            );
+            let types: Vec<GgmlType> = tensors.iter().map(|(n, s)| planner.choose(n, s)).collect();
+            (0..8).filter(|&i| types[i] == GgmlType::Q6K).collect()
+        };
+        // n = 8 from the names: 0, 3, 6, 7; n = 16 declared: 0, 1, 4, 7.
+        assert_eq!(picked(ModelFacts::default()), [0, 3, 6, 7]);
+        let declared = ModelFacts {
+            blocks: 16,
+            ..ModelFacts::default()
+        };
+        assert_eq!(picked(declared), [0, 1, 4, 7]);
     }
 
     #[test]
