@@ -18,25 +18,14 @@ use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, Preset};
 fn k_quant_checkpoint() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let source = model_dir("glm4-tiny");
-        for file in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "chat_template.jinja",
-            "generation_config.json",
-        ] {
-            std::fs::copy(source.join(file), dir.path().join(file)).expect("copy tokenizer");
-        }
-        let mut config = read_json(&source.join("config.json"));
         let (hidden, ffn, layers, heads, kv_heads, head_dim) = (256usize, 768usize, 8usize, 4usize, 2usize, 64usize);
+        let mut config = read_json(&model_dir("glm4-tiny").join("config.json"));
         config["hidden_size"] = hidden.into();
         config["intermediate_size"] = ffn.into();
         config["num_hidden_layers"] = layers.into();
         config["num_attention_heads"] = heads.into();
         config["num_key_value_heads"] = kv_heads.into();
         config["head_dim"] = head_dim.into();
-        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
         let vocab = config["vocab_size"].as_u64().expect("vocab") as usize;
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
             ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
@@ -61,40 +50,215 @@ fn k_quant_checkpoint() -> &'static Path {
                 (p("mlp.down_proj.weight"), vec![hidden, ffn]),
             ]);
         }
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            // xorshift64*: deterministic, dependency-free test data.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
-            .into_iter()
-            .map(|(name, shape)| {
-                let n: usize = shape.iter().product();
-                let norm = shape.len() == 1 && name.ends_with("norm.weight");
-                let bytes = (0..n)
-                    .flat_map(|_| {
-                        let v = if norm { 1.0 + 0.1 * uniform() } else { 0.2 * uniform() };
-                        half::bf16::from_f32(v).to_le_bytes()
-                    })
-                    .collect();
-                (name, shape, bytes)
-            })
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = data
-            .iter()
-            .map(|(name, shape, bytes)| {
-                let view =
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), bytes).expect("view");
-                (name.clone(), view)
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).expect("write");
-        dir
+        write_checkpoint("glm4-tiny", &config, shapes)
     })
     .path()
+}
+
+/// A checkpoint folder with the tokenizer files of fixture `source`, `config` and random
+/// BF16 tensors of the given shapes (F32 for the router's correction bias, as released).
+fn write_checkpoint(source: &str, config: &serde_json::Value, shapes: Vec<(String, Vec<usize>)>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = model_dir(source);
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
+        std::fs::copy(source.join(file), dir.path().join(file)).expect("copy tokenizer");
+    }
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        // xorshift64*: deterministic, dependency-free test data.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let data: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let norm = shape.len() == 1 && name.ends_with("norm.weight");
+            let values = (0..n).map(|_| if norm { 1.0 + 0.1 * uniform() } else { 0.2 * uniform() });
+            if name.ends_with("e_score_correction_bias") {
+                let bytes = values.flat_map(f32::to_le_bytes).collect();
+                (name, shape, safetensors::Dtype::F32, bytes)
+            } else {
+                let bytes = values.flat_map(|v| half::bf16::from_f32(v).to_le_bytes()).collect();
+                (name, shape, safetensors::Dtype::BF16, bytes)
+            }
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(name, shape, dtype, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("view");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).expect("write");
+    dir
+}
+
+/// Attention of a synthetic MoE checkpoint: grouped-query (GLM-4.5) or multi-head latent
+/// (GLM-4.7-Flash, llama.cpp's deepseek2).
+#[derive(Clone, Copy, Debug)]
+enum Attention {
+    Gqa,
+    Mla,
+}
+
+/// The shape of a synthetic MoE checkpoint. Every matrix is 256 wide so K-quants apply;
+/// one leading dense layer and one NextN layer follow the released models.
+#[derive(Clone, Copy, Debug)]
+struct MoeShape {
+    attention: Attention,
+    experts: usize,
+    /// Trunk layers; the NextN layer comes on top.
+    layers: usize,
+    tied_embeddings: bool,
+}
+
+fn moe_checkpoint(shape: MoeShape) -> tempfile::TempDir {
+    let MoeShape {
+        attention,
+        experts,
+        layers,
+        tied_embeddings,
+    } = shape;
+    let hidden = 256usize;
+    let ffn = 256usize;
+    let source = match attention {
+        Attention::Gqa => "glm4moe-tiny",
+        Attention::Mla => "glm47flash-tiny",
+    };
+    let mut config = read_json(&model_dir(source).join("config.json"));
+    config["hidden_size"] = hidden.into();
+    config["intermediate_size"] = ffn.into();
+    config["moe_intermediate_size"] = ffn.into();
+    config["n_routed_experts"] = experts.into();
+    config["num_experts_per_tok"] = 2.into();
+    config["n_shared_experts"] = 1.into();
+    config["first_k_dense_replace"] = 1.into();
+    config["num_hidden_layers"] = layers.into();
+    config["num_nextn_predict_layers"] = 1.into();
+    config["tie_word_embeddings"] = tied_embeddings.into();
+    // MLA: 2 heads of 64 (no RoPE) + 64 (RoPE) query/key dims and 128 value dims over a
+    // 256-wide latent; GQA: 4 query heads of 64 sharing 2 KV heads.
+    let (heads, kv_heads, head_dim) = (4usize, 2usize, 64usize);
+    let (mla_heads, rank, nope, rope, value) = (2usize, 256usize, 64usize, 64usize, 128usize);
+    match attention {
+        Attention::Gqa => {
+            config["num_attention_heads"] = heads.into();
+            config["num_key_value_heads"] = kv_heads.into();
+            config["head_dim"] = head_dim.into();
+        }
+        Attention::Mla => {
+            config["num_attention_heads"] = mla_heads.into();
+            config["num_key_value_heads"] = mla_heads.into();
+            config["q_lora_rank"] = rank.into();
+            config["kv_lora_rank"] = rank.into();
+            config["qk_nope_head_dim"] = nope.into();
+            config["qk_rope_head_dim"] = rope.into();
+            config["v_head_dim"] = value.into();
+        }
+    }
+    let vocab = config["vocab_size"].as_u64().expect("vocab") as usize;
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        ("model.norm.weight".into(), vec![hidden]),
+    ];
+    if !tied_embeddings {
+        shapes.push(("lm_head.weight".into(), vec![vocab, hidden]));
+    }
+    for i in 0..=layers {
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        shapes.extend([
+            (p("input_layernorm.weight"), vec![hidden]),
+            (p("post_attention_layernorm.weight"), vec![hidden]),
+        ]);
+        match attention {
+            Attention::Gqa => shapes.extend([
+                (p("self_attn.q_proj.weight"), vec![heads * head_dim, hidden]),
+                (p("self_attn.q_proj.bias"), vec![heads * head_dim]),
+                (p("self_attn.k_proj.weight"), vec![kv_heads * head_dim, hidden]),
+                (p("self_attn.k_proj.bias"), vec![kv_heads * head_dim]),
+                (p("self_attn.v_proj.weight"), vec![kv_heads * head_dim, hidden]),
+                (p("self_attn.v_proj.bias"), vec![kv_heads * head_dim]),
+                (p("self_attn.o_proj.weight"), vec![hidden, heads * head_dim]),
+                (p("self_attn.q_norm.weight"), vec![head_dim]),
+                (p("self_attn.k_norm.weight"), vec![head_dim]),
+            ]),
+            Attention::Mla => shapes.extend([
+                (p("self_attn.q_a_proj.weight"), vec![rank, hidden]),
+                (p("self_attn.q_a_layernorm.weight"), vec![rank]),
+                (p("self_attn.q_b_proj.weight"), vec![mla_heads * (nope + rope), rank]),
+                (p("self_attn.kv_a_proj_with_mqa.weight"), vec![rank + rope, hidden]),
+                (p("self_attn.kv_a_layernorm.weight"), vec![rank]),
+                (p("self_attn.kv_b_proj.weight"), vec![mla_heads * (nope + value), rank]),
+                (p("self_attn.o_proj.weight"), vec![hidden, mla_heads * value]),
+            ]),
+        }
+        if i == 0 {
+            shapes.extend([
+                (p("mlp.gate_proj.weight"), vec![ffn, hidden]),
+                (p("mlp.up_proj.weight"), vec![ffn, hidden]),
+                (p("mlp.down_proj.weight"), vec![hidden, ffn]),
+            ]);
+        } else {
+            shapes.extend([
+                (p("mlp.gate.weight"), vec![experts, hidden]),
+                (p("mlp.gate.e_score_correction_bias"), vec![experts]),
+                (p("mlp.shared_experts.gate_proj.weight"), vec![ffn, hidden]),
+                (p("mlp.shared_experts.up_proj.weight"), vec![ffn, hidden]),
+                (p("mlp.shared_experts.down_proj.weight"), vec![hidden, ffn]),
+            ]);
+            for e in 0..experts {
+                shapes.extend([
+                    (p(&format!("mlp.experts.{e}.gate_proj.weight")), vec![ffn, hidden]),
+                    (p(&format!("mlp.experts.{e}.up_proj.weight")), vec![ffn, hidden]),
+                    (p(&format!("mlp.experts.{e}.down_proj.weight")), vec![hidden, ffn]),
+                ]);
+            }
+        }
+        if i == layers {
+            shapes.extend([
+                (p("eh_proj.weight"), vec![hidden, 2 * hidden]),
+                (p("enorm.weight"), vec![hidden]),
+                (p("hnorm.weight"), vec![hidden]),
+                (p("shared_head.norm.weight"), vec![hidden]),
+            ]);
+        }
+    }
+    write_checkpoint(source, &config, shapes)
+}
+
+/// The synthetic MoE checkpoints, made once per test process: GLM-4.5 shaped with 8
+/// experts (llama.cpp special-cases exactly 8) over 8 blocks, so "first eighth" and "more
+/// bits" pick real layers; GLM-4.5 shaped with 4 experts and tied embeddings; and
+/// GLM-4.7-Flash shaped (MLA) with 8 and with 16 experts.
+fn moe_checkpoints() -> &'static [(MoeShape, tempfile::TempDir)] {
+    static DIRS: std::sync::OnceLock<Vec<(MoeShape, tempfile::TempDir)>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let shape = |attention, experts, layers, tied_embeddings| MoeShape {
+            attention,
+            experts,
+            layers,
+            tied_embeddings,
+        };
+        [
+            shape(Attention::Gqa, 8, 7, false),
+            shape(Attention::Gqa, 4, 3, true),
+            shape(Attention::Mla, 8, 3, false),
+            shape(Attention::Mla, 16, 2, false),
+        ]
+        .into_iter()
+        .map(|s| (s, moe_checkpoint(s)))
+        .collect()
+    })
 }
 
 fn convert_with(input: &Path, preset: &str, output: &Path) {
@@ -112,7 +276,8 @@ fn convert_with_importance(input: &Path, preset: &str, output: &Path, importance
     glm_convert::convert(input, output, &options, &()).unwrap_or_else(|e| panic!("{preset}: {e}"));
 }
 
-/// Every tensor of `ours` and `theirs`: same name, type, shape and bytes.
+/// Every tensor of `ours` and `theirs`: same name, type, shape and bytes. Type
+/// disagreements are all listed at once: they say which preset rule is missing.
 fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {
     let read = |path: &PathBuf| {
         let bytes = std::fs::read(path).expect("read");
@@ -122,39 +287,72 @@ fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {
     let (ours_bytes, ours) = read(&ours.to_path_buf());
     let (theirs_bytes, theirs) = read(&theirs.to_path_buf());
     assert_eq!(ours.tensors.len(), theirs.tensors.len(), "{what}: tensor count");
+    let mut wrong_types = Vec::new();
     for (t, offset) in &ours.tensors {
         let (u, their_offset) = theirs
             .tensors
             .iter()
             .find(|(u, _)| u.name == t.name)
             .unwrap_or_else(|| panic!("{what}: llama.cpp has no {}", t.name));
-        assert_eq!(t.ggml_type, u.ggml_type, "{what}: type of {}", t.name);
         assert_eq!(t.ne, u.ne, "{what}: shape of {}", t.name);
+        if t.ggml_type != u.ggml_type {
+            wrong_types.push(format!(
+                "{} is {}, llama.cpp {}",
+                t.name,
+                t.ggml_type.name(),
+                u.ggml_type.name()
+            ));
+            continue;
+        }
         let n = t.n_bytes() as usize;
         let a = &ours_bytes[*offset as usize..*offset as usize + n];
         let b = &theirs_bytes[*their_offset as usize..*their_offset as usize + n];
         assert!(a == b, "{what}: bytes of {} differ", t.name);
     }
+    assert!(
+        wrong_types.is_empty(),
+        "{what}: {} of {} tensors have another type:\n  {}",
+        wrong_types.len(),
+        ours.tensors.len(),
+        wrong_types.join("\n  ")
+    );
+}
+
+/// Our F32 conversion of `input`, made once per test process (the reference every
+/// preset's llama.cpp quantization starts from).
+fn f32_conversion(input: &Path) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static DONE: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, file)) = done.iter().find(|(i, _)| i == input) {
+        return file.clone();
+    }
+    let file = dir.path().join(format!("f32-{}.gguf", done.len()));
+    convert_with(input, "f32", &file);
+    done.push((input.to_path_buf(), file.clone()));
+    file
 }
 
 fn check_equivalence(input: &Path, preset: &str) -> std::collections::BTreeSet<GgmlType> {
-    check_equivalence_with(input, preset, None)
+    check_equivalence_with(input, &input.display().to_string(), preset, None)
 }
 
 fn check_equivalence_with(
     input: &Path,
+    label: &str,
     preset: &str,
     importance: Option<&ImportanceMatrix>,
 ) -> std::collections::BTreeSet<GgmlType> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let f32_file = dir.path().join("f32.gguf");
-    convert_with(input, "f32", &f32_file);
+    let f32_file = f32_conversion(input);
     let ours = dir.path().join("ours.gguf");
     convert_with_importance(input, preset, &ours, importance);
     let theirs = dir.path().join("llama.gguf");
     let file_type = Preset::load(preset).expect("preset").file_type;
     llama_quantize(&f32_file, &theirs, file_type, 2, importance).expect("llama_model_quantize");
-    assert_same_tensors(&ours, &theirs, &format!("{} {preset}", input.display()));
+    let with = if importance.is_some() { " with an imatrix" } else { "" };
+    assert_same_tensors(&ours, &theirs, &format!("{label} {preset}{with}"));
     types_in(&ours)
 }
 
@@ -187,30 +385,71 @@ equivalence_tests! {
     q5_k_s_matches_llama_quantize => "q5_k_s",
 }
 
-/// `glm quantize` from an F32 GGUF gives the same file as the one-pass conversion.
-#[test]
-fn requantize_equals_one_pass_conversion() {
+/// llama.cpp's mixture depends on the model, not only on tensor names: 8-expert models
+/// get 8-bit attention keys/values (and Q5_K attention output in the Q4_K presets), tied
+/// embeddings take the output head's type. Each preset on every synthetic MoE shape.
+macro_rules! moe_equivalence_tests {
+    ($($test:ident => $preset:literal),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            for (shape, dir) in moe_checkpoints() {
+                check_equivalence_with(dir.path(), &format!("{shape:?}"), $preset, None);
+            }
+        }
+    )*};
+}
+
+moe_equivalence_tests! {
+    q8_0_matches_llama_quantize_on_moe => "q8_0",
+    q4_0_matches_llama_quantize_on_moe => "q4_0",
+    q6_k_matches_llama_quantize_on_moe => "q6_k",
+    q4_k_m_matches_llama_quantize_on_moe => "q4_k_m",
+    q5_k_m_matches_llama_quantize_on_moe => "q5_k_m",
+    q4_k_s_matches_llama_quantize_on_moe => "q4_k_s",
+    q5_k_s_matches_llama_quantize_on_moe => "q5_k_s",
+}
+
+/// `glm quantize` from an F32 GGUF gives the same file as the one-pass conversion: the
+/// model facts the preset needs come from the GGUF metadata there, from the config here.
+fn assert_requantize_equals_one_pass(input: &Path, label: &str, preset: &str) -> std::collections::BTreeSet<GgmlType> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let input = k_quant_checkpoint();
-    let f32_file = dir.path().join("f32.gguf");
-    convert_with(input, "f32", &f32_file);
+    let f32_file = f32_conversion(input);
     let one_pass = dir.path().join("one-pass.gguf");
-    convert_with(input, "q4_k_m", &one_pass);
+    convert_with(input, preset, &one_pass);
     let requantized = dir.path().join("requantized.gguf");
     let options = ConvertOptions {
-        preset: Preset::load("q4_k_m").expect("preset"),
+        preset: Preset::load(preset).expect("preset"),
         quantizer: Some(&GgmlQuantizer),
         importance: None,
         name: None,
         plan: Default::default(),
     };
     glm_convert::requantize(&f32_file, &requantized, &options, &()).expect("requantize");
-    assert_same_tensors(&requantized, &one_pass, "requantize q4_k_m");
-    let types = types_in(&requantized);
+    assert_same_tensors(&requantized, &one_pass, &format!("{label}: requantize {preset}"));
+    types_in(&requantized)
+}
+
+#[test]
+fn requantize_equals_one_pass_conversion() {
+    let types = assert_requantize_equals_one_pass(k_quant_checkpoint(), "Glm4", "q4_k_m");
     assert!(
         types.contains(&GgmlType::Q4K) && types.contains(&GgmlType::Q6K),
         "mixed types expected: {types:?}"
     );
+    // The shapes whose facts change the mixture.
+    for (shape, dir) in moe_checkpoints()
+        .iter()
+        .filter(|(s, _)| s.experts == 8 || s.tied_embeddings)
+    {
+        let label = format!("{shape:?}");
+        let types = assert_requantize_equals_one_pass(dir.path(), &label, "q4_k_m");
+        if shape.experts == 8 {
+            assert!(
+                types.contains(&GgmlType::Q5K),
+                "{label}: 8 experts give Q5_K attn_output"
+            );
+        }
+    }
 }
 
 /// A legacy-format importance matrix with positive pseudo-random weights for every
@@ -248,11 +487,9 @@ fn importance_for(gguf: &Path, dir: &Path) -> ImportanceMatrix {
 fn importance_matrix_matches_llama_quantize() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = k_quant_checkpoint();
-    let f32_file = dir.path().join("f32.gguf");
-    convert_with(input, "f32", &f32_file);
-    let importance = importance_for(&f32_file, dir.path());
+    let importance = importance_for(&f32_conversion(input), dir.path());
     for preset in ["q4_k_m", "q4_0", "q5_k_s"] {
-        let with = check_equivalence_with(input, preset, Some(&importance));
+        let with = check_equivalence_with(input, "Glm4", preset, Some(&importance));
         if preset == "q4_0" {
             assert!(
                 with.contains(&GgmlType::Q4_1),
@@ -269,6 +506,19 @@ fn importance_matrix_matches_llama_quantize() {
         std::fs::read(&plain).expect("read"),
         std::fs::read(&weighted).expect("read")
     );
+}
+
+/// The same with an importance matrix on the 8-expert MoE shapes (per-expert weights for
+/// the stacked expert tensors).
+#[test]
+fn importance_matrix_matches_llama_quantize_on_moe() {
+    for (shape, input) in moe_checkpoints().iter().filter(|(s, _)| s.experts == 8) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let importance = importance_for(&f32_conversion(input.path()), dir.path());
+        for preset in ["q4_k_m", "q4_0", "q5_k_s"] {
+            check_equivalence_with(input.path(), &format!("{shape:?}"), preset, Some(&importance));
+        }
+    }
 }
 
 /// Types that need importance weights (IQ2_XXS here) refuse to run without them, before

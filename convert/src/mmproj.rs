@@ -11,7 +11,7 @@ use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::config::HfConfig;
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{MetaValue, Metadata};
-use crate::preset::Preset;
+use crate::preset::{ModelFacts, Preset};
 use crate::tensor_type::GgmlType;
 use crate::writer::{plan_headers, write_planned, ConvertOptions, ConvertSummary, Progress};
 
@@ -65,7 +65,7 @@ pub fn convert_mmproj(
         rules: Vec::new(),
         fallback: Default::default(),
     };
-    let mut headers = plan_headers(&planned, &checkpoint, &preset, false)?;
+    let mut headers = plan_headers(&planned, &checkpoint, &preset, &ModelFacts::default(), false)?;
     // The convolution kernels are never quantized; like llama.cpp's converter, they follow
     // an F16 file and are F32 otherwise.
     if ty == GgmlType::F16 {

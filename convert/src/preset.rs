@@ -1,8 +1,9 @@
 //! Quantization presets: which ggml type each tensor gets. A preset is a YAML file with a
-//! default type, ordered rules (first match wins) that pick types by tensor name and
-//! layer position, and the fallbacks for rows that are not a whole number of blocks. The
-//! built-in presets (`quant-presets/*.yaml`) reproduce llama.cpp's own mixtures for the
-//! GLM architectures.
+//! default type, ordered rules (first match wins) that pick types by tensor name, layer
+//! position and facts about the model (`when:`, e.g. the expert count), and the fallbacks
+//! for rows that are not a whole number of blocks. The built-in presets
+//! (`quant-presets/*.yaml`) reproduce llama.cpp's own mixtures for the GLM architectures,
+//! whatever the checkpoint's shape.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{ConvertError, Result};
+use crate::gguf::{MetaValue, Metadata};
 use crate::tensor_type::GgmlType;
 
 /// The built-in presets, embedded at build time.
@@ -62,8 +64,89 @@ pub struct Rule {
     /// Apply only when an importance matrix is given.
     #[serde(default)]
     pub with_imatrix: bool,
+    /// Apply only to models these facts hold for (all of them; always when absent).
+    #[serde(default)]
+    pub when: Condition,
     #[serde(rename = "type", deserialize_with = "ggml_type")]
     pub ty: GgmlType,
+}
+
+/// Facts about the model a rule may require, written `when: {experts: 8}` in YAML. Every
+/// condition given must hold. These are the model properties llama.cpp's own mixtures
+/// look at besides tensor names: the expert count, the grouped-query ratio and whether
+/// the output head shares the token embedding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Exactly this many routed experts per MoE layer (0 for dense models).
+    pub experts: Option<u32>,
+    /// At least this many routed experts.
+    pub experts_at_least: Option<u32>,
+    /// At least this many query heads per key/value head.
+    pub gqa_at_least: Option<u32>,
+    /// Whether the file has no `output.weight`, the output head reusing `token_embd.weight`.
+    pub tied_embeddings: Option<bool>,
+}
+
+/// The model's hyper-parameters that rules' conditions test, read from the GGUF keys
+/// llama.cpp reads them from (so a one-pass conversion and a re-quantization agree).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// Routed experts per MoE layer, `<arch>.expert_count`; 0 for dense models.
+    pub experts: u32,
+    /// Query heads, `<arch>.attention.head_count` (the first layer's when per layer).
+    pub head_count: u32,
+    /// Key/value heads, `<arch>.attention.head_count_kv`; the query head count when absent.
+    pub head_count_kv: u32,
+    /// Blocks, NextN layers included, `<arch>.block_count`: the n of `position: block`
+    /// (0: one past the highest `blk.N` among the tensors).
+    pub blocks: u32,
+}
+
+impl ModelFacts {
+    /// The facts of architecture `arch` (`glm4moe`) from its hyper-parameter keys; missing
+    /// keys read as llama.cpp's defaults (no experts, as many KV heads as query heads).
+    pub fn from_metadata(arch: &str, meta: &Metadata) -> Self {
+        let get = |key: &str| meta.get(&format!("{arch}.{key}")).and_then(first_u32);
+        let head_count = get("attention.head_count").unwrap_or(0);
+        Self {
+            experts: get("expert_count").unwrap_or(0),
+            head_count,
+            head_count_kv: get("attention.head_count_kv").unwrap_or(head_count),
+            blocks: get("block_count").unwrap_or(0),
+        }
+    }
+
+    /// Query heads per key/value head, 0 without key/value heads (llama.cpp's `n_gqa`).
+    pub fn gqa(&self) -> u32 {
+        self.head_count.checked_div(self.head_count_kv).unwrap_or(0)
+    }
+}
+
+/// An integer key, or the first entry of a per-layer array of them.
+fn first_u32(value: &MetaValue) -> Option<u32> {
+    match value {
+        MetaValue::U8(v) => Some(u32::from(*v)),
+        MetaValue::U16(v) => Some(u32::from(*v)),
+        MetaValue::U32(v) => Some(*v),
+        MetaValue::I8(v) => u32::try_from(*v).ok(),
+        MetaValue::I16(v) => u32::try_from(*v).ok(),
+        MetaValue::I32(v) => u32::try_from(*v).ok(),
+        MetaValue::U64(v) => u32::try_from(*v).ok(),
+        MetaValue::I64(v) => u32::try_from(*v).ok(),
+        MetaValue::I32Array(values) => values.first().and_then(|v| u32::try_from(*v).ok()),
+        MetaValue::Array(_, values) => values.first().and_then(first_u32),
+        _ => None,
+    }
+}
+
+impl Condition {
+    fn holds(&self, facts: &ModelFacts, tied_embeddings: bool) -> bool {
+        self.experts.is_none_or(|n| facts.experts == n)
+            && self.experts_at_least.is_none_or(|n| facts.experts >= n)
+            && self.gqa_at_least.is_none_or(|n| facts.gqa() >= n)
+            && self.tied_embeddings.is_none_or(|t| tied_embeddings == t)
+    }
 }
 
 /// Written `more_bits`, `first_eighth` or `first 4` in YAML.
@@ -213,6 +296,8 @@ pub fn is_quantizable(name: &str, ne: &[u64]) -> bool {
 /// tensors go by, as llama.cpp does).
 pub struct TypePlanner<'a> {
     preset: &'a Preset,
+    /// Which rules' `when` conditions hold for this model.
+    applies: Vec<bool>,
     totals: Vec<usize>,
     seen: Vec<usize>,
     blocks: usize,
@@ -220,24 +305,37 @@ pub struct TypePlanner<'a> {
 }
 
 impl<'a> TypePlanner<'a> {
-    /// `names` lists every tensor of the file with its shape, in file order.
+    /// `tensors` lists every tensor of the file with its shape, in file order; `facts`
+    /// describe the model for the rules' `when` conditions.
     pub fn new<'n>(
         preset: &'a Preset,
+        facts: &ModelFacts,
         tensors: impl Iterator<Item = (&'n str, &'n [u64])>,
         has_importance: bool,
     ) -> Self {
         let mut totals = vec![0; preset.rules.len()];
         let mut blocks = 0;
+        // llama.cpp quantizes a token embedding that doubles as the output head like one.
+        let mut tied_embeddings = true;
         for (name, ne) in tensors {
             blocks = blocks.max(block_number(name).map_or(0, |b| b + 1));
+            tied_embeddings &= name != "output.weight";
             if is_quantizable(name, ne) {
                 for (i, rule) in preset.rules.iter().enumerate() {
                     totals[i] += usize::from(rule.matches(name));
                 }
             }
         }
+        if facts.blocks > 0 {
+            blocks = facts.blocks as usize;
+        }
         Self {
             preset,
+            applies: preset
+                .rules
+                .iter()
+                .map(|r| r.when.holds(facts, tied_embeddings))
+                .collect(),
             seen: vec![0; totals.len()],
             totals,
             blocks,
@@ -259,8 +357,11 @@ impl<'a> TypePlanner<'a> {
                 Position::Occurrence => (self.seen[i], self.totals[i]),
                 Position::Block => (block_number(name).unwrap_or(self.seen[i]), self.blocks),
             };
+            // Positions count every matching tensor, as llama.cpp's counters do even when
+            // another rule decides the type.
             self.seen[i] += 1;
             if chosen.is_none()
+                && self.applies[i]
                 && (!rule.with_imatrix || self.has_importance)
                 && rule.layers.is_none_or(|l| l.selects(index, count))
             {
@@ -342,7 +443,12 @@ mod tests {
                 ("blk.0.attn_norm.weight".to_owned(), vec![256]),
             ])
             .collect();
-        let mut planner = TypePlanner::new(&preset, tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())), false);
+        let mut planner = TypePlanner::new(
+            &preset,
+            &ModelFacts::default(),
+            tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
+            false,
+        );
         let types: Vec<GgmlType> = tensors.iter().map(|(n, s)| planner.choose(n, s)).collect();
         // n = 8: more bits at 0, 3, 6 and 7.
         assert_eq!(types[0], GgmlType::Q6K);
@@ -352,10 +458,166 @@ mod tests {
         assert_eq!(types[17], GgmlType::F32, "norms are not quantized");
     }
 
+    const WITH_CONDITIONS: &str = "description: d
+file_type: 15
+default: q4_k
+rules:
+  - contains: [attn_v.weight]
+    when: {experts: 8}
+    type: q8_0
+  - names: [token_embd.weight]
+    when:
+      tied_embeddings: true
+    type: q6_k
+  - contains: [attn_k.weight]
+    when: {experts_at_least: 4, gqa_at_least: 2}
+    type: q5_k
+";
+
+    #[test]
+    fn conditions_parse() {
+        let preset = Preset::parse("x", WITH_CONDITIONS, Path::new("x.yaml")).unwrap();
+        let when: Vec<Condition> = preset.rules.iter().map(|r| r.when).collect();
+        assert_eq!(
+            when,
+            [
+                Condition {
+                    experts: Some(8),
+                    ..Condition::default()
+                },
+                Condition {
+                    tied_embeddings: Some(true),
+                    ..Condition::default()
+                },
+                Condition {
+                    experts_at_least: Some(4),
+                    gqa_at_least: Some(2),
+                    ..Condition::default()
+                },
+            ]
+        );
+        let built_in = Preset::load("q4_k_m").unwrap();
+        assert_eq!(
+            built_in.rules[0].when,
+            Condition::default(),
+            "no `when` is no condition"
+        );
+    }
+
+    #[test]
+    fn malformed_condition_names_the_line() {
+        let unknown = WITH_CONDITIONS.replace("{experts: 8}", "{expert: 8}");
+        let text = Preset::parse("x", &unknown, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("line 6"), "{text}");
+        assert!(text.contains("expert") && text.contains("experts_at_least"), "{text}");
+
+        let not_a_number = WITH_CONDITIONS.replace("experts_at_least: 4", "experts_at_least: four");
+        let text = Preset::parse("x", &not_a_number, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("line 13"), "{text}");
+        assert!(text.contains("four"), "{text}");
+    }
+
+    #[test]
+    fn conditions_follow_the_model() {
+        let preset = Preset::parse("x", WITH_CONDITIONS, Path::new("x.yaml")).unwrap();
+        let tensors: Vec<(&str, Vec<u64>)> = vec![
+            ("token_embd.weight", vec![256, 1000]),
+            ("blk.0.attn_k.weight", vec![256, 128]),
+            ("blk.0.attn_v.weight", vec![256, 128]),
+        ];
+        let plan = |facts: ModelFacts, with_output: bool| -> Vec<GgmlType> {
+            let mut all = tensors.clone();
+            if with_output {
+                all.push(("output.weight", vec![256, 1000]));
+            }
+            let mut planner = TypePlanner::new(&preset, &facts, all.iter().map(|(n, s)| (*n, s.as_slice())), false);
+            all.iter().map(|(n, s)| planner.choose(n, s)).collect()
+        };
+        let dense = ModelFacts {
+            experts: 0,
+            head_count: 4,
+            head_count_kv: 4,
+            blocks: 1,
+        };
+        assert_eq!(plan(dense, true)[..3], [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q4K]);
+        assert_eq!(plan(dense, false)[0], GgmlType::Q6K, "tied embeddings");
+        let moe = ModelFacts {
+            experts: 8,
+            head_count: 4,
+            head_count_kv: 2,
+            blocks: 1,
+        };
+        assert_eq!(plan(moe, true)[..3], [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q8_0]);
+        let wide = ModelFacts { experts: 16, ..moe };
+        assert_eq!(plan(wide, true)[..3], [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q4K]);
+        let mha = ModelFacts {
+            head_count_kv: 4,
+            ..wide
+        };
+        assert_eq!(plan(mha, true)[1], GgmlType::Q4K, "gqa 1 < 2");
+    }
+
+    #[test]
+    fn facts_come_from_the_architecture_keys() {
+        let mut meta = Metadata::default();
+        meta.set("glm4moe.expert_count", 8u32);
+        meta.set("glm4moe.attention.head_count", 96u32);
+        meta.set("glm4moe.attention.head_count_kv", 8u32);
+        meta.set("glm4moe.block_count", 93u32);
+        meta.set("llama.expert_count", 4u32);
+        let facts = ModelFacts::from_metadata("glm4moe", &meta);
+        assert_eq!(
+            facts,
+            ModelFacts {
+                experts: 8,
+                head_count: 96,
+                head_count_kv: 8,
+                blocks: 93,
+            }
+        );
+        assert_eq!(facts.gqa(), 12);
+        let mut dense = Metadata::default();
+        dense.set("glm4.attention.head_count", MetaValue::I32Array(vec![32, 32]));
+        let facts = ModelFacts::from_metadata("glm4", &dense);
+        assert_eq!((facts.experts, facts.head_count, facts.head_count_kv), (0, 32, 32));
+        assert_eq!(ModelFacts::default().gqa(), 0);
+    }
+
+    #[test]
+    fn block_positions_count_the_declared_blocks() {
+        // llama.cpp's n for ffn_down is the block count, even where the file's tensors
+        // stop earlier.
+        let preset = Preset::load("q4_k_m").unwrap();
+        let tensors: Vec<(String, Vec<u64>)> = (0..8)
+            .map(|i| (format!("blk.{i}.ffn_down.weight"), vec![256, 256]))
+            .collect();
+        let picked = |facts: ModelFacts| -> Vec<usize> {
+            let mut planner = TypePlanner::new(
+                &preset,
+                &facts,
+                tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
+                false,
+            );
+            let types: Vec<GgmlType> = tensors.iter().map(|(n, s)| planner.choose(n, s)).collect();
+            (0..8).filter(|&i| types[i] == GgmlType::Q6K).collect()
+        };
+        // n = 8 from the names: 0, 3, 6, 7; n = 16 declared: 0, 1, 4, 7.
+        assert_eq!(picked(ModelFacts::default()), [0, 3, 6, 7]);
+        let declared = ModelFacts {
+            blocks: 16,
+            ..ModelFacts::default()
+        };
+        assert_eq!(picked(declared), [0, 1, 4, 7]);
+    }
+
     #[test]
     fn rows_that_are_not_whole_blocks_fall_back() {
         let preset = Preset::load("q4_k_m").unwrap();
-        let mut planner = TypePlanner::new(&preset, std::iter::empty(), false);
+        let mut planner = TypePlanner::new(&preset, &ModelFacts::default(), std::iter::empty(), false);
         assert_eq!(planner.choose("blk.0.attn_q.weight", &[128, 128]), GgmlType::Q5_0);
         assert_eq!(planner.choose("blk.0.attn_q.weight", &[48, 128]), GgmlType::F16);
     }

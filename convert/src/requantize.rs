@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::checkpoint::SourceDtype;
 use crate::error::{ConvertError, Result};
 use crate::gguf::{self, MetaValue, TensorHeader};
-use crate::preset::TypePlanner;
+use crate::preset::{ModelFacts, TypePlanner};
 use crate::tensor_type::GgmlType;
 use crate::writer::{
     check_importance, encode_rows, end_tensor_data, write_atomically, ConvertOptions, ConvertSummary, Encoder,
@@ -35,8 +35,14 @@ pub fn requantize(
             )));
         }
     }
+    let architecture = match header.meta.get("general.architecture") {
+        Some(MetaValue::Str(a)) => a.clone(),
+        _ => String::new(),
+    };
+    let facts = ModelFacts::from_metadata(&architecture, &header.meta);
     let mut types = TypePlanner::new(
         &options.preset,
+        &facts,
         header.tensors.iter().map(|(t, _)| (t.name.as_str(), t.ne.as_slice())),
         options.importance.is_some(),
     );
@@ -53,10 +59,6 @@ pub fn requantize(
     let mut meta = header.meta.clone();
     meta.set("general.file_type", options.preset.file_type);
     meta.set("general.quantization_version", MetaValue::U32(2));
-    let architecture = match meta.get("general.architecture") {
-        Some(MetaValue::Str(a)) => a.clone(),
-        _ => String::new(),
-    };
 
     progress.begin(header.tensors.iter().map(|(t, _)| t.n_bytes()).sum());
     let written = write_atomically(output, |out| {

@@ -13,7 +13,7 @@ use crate::config::HfConfig;
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{self, Metadata, TensorHeader};
 use crate::imatrix::ImportanceMatrix;
-use crate::preset::{Preset, TypePlanner};
+use crate::preset::{ModelFacts, Preset, TypePlanner};
 use crate::tensor_type::{GgmlType, Quantizer};
 use crate::tokenizer::Vocabulary;
 
@@ -73,7 +73,17 @@ pub fn convert<'a>(
     let checkpoint = Checkpoint::open(input)?;
     let planned = arch.plan(&config, &checkpoint, &options.plan)?;
     let layers = arch::layer_counts(&config, &planned)?;
-    let headers = plan_headers(&planned, &checkpoint, &options.preset, options.importance.is_some())?;
+    // The preset's conditions read the same hyper-parameter keys the file will carry.
+    let mut hparams = Metadata::default();
+    arch.write_hparams(&config, layers, &mut hparams)?;
+    let facts = ModelFacts::from_metadata(arch.gguf_arch(), &hparams);
+    let headers = plan_headers(
+        &planned,
+        &checkpoint,
+        &options.preset,
+        &facts,
+        options.importance.is_some(),
+    )?;
     check_importance(&headers, options)?;
     let parameters = headers.iter().map(|h| h.ne.iter().product::<u64>()).sum();
 
@@ -144,11 +154,13 @@ pub(crate) fn plan_headers(
     planned: &[PlannedTensor],
     checkpoint: &Checkpoint,
     preset: &Preset,
+    facts: &ModelFacts,
     has_importance: bool,
 ) -> Result<Vec<TensorHeader>> {
     let mut seen = std::collections::HashSet::new();
     let mut types = TypePlanner::new(
         preset,
+        facts,
         planned.iter().map(|p| (p.name.as_str(), p.ne.as_slice())),
         has_importance,
     );
