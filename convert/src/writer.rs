@@ -93,6 +93,7 @@ pub fn convert<'a>(
     let vocab_size = embedding_rows(&checkpoint, &config)?;
     let vocab = Vocabulary::load(input, vocab_size)?;
     vocab.write_metadata(&mut meta, input, &config, &arch.special_tokens())?;
+    check_planned(&config, &meta, &headers)?;
 
     let written = write_planned(output, &meta, &planned, &headers, &checkpoint, options, progress)?;
     progress.finish();
@@ -103,6 +104,21 @@ pub fn convert<'a>(
         parameters,
         bytes: written,
     })
+}
+
+/// Runs the checks a GGUF gets before llama.cpp loads it on the file about to be written,
+/// so a config.json that does not describe its weights (a wrong `hidden_size`, head or
+/// expert count) fails here rather than at load time.
+fn check_planned(config: &HfConfig, meta: &Metadata, headers: &[TensorHeader]) -> Result<()> {
+    let planned = gguf::GgufHeader {
+        version: 3,
+        meta: meta.clone(),
+        tensors: headers.iter().map(|h| (h.clone(), 0)).collect(),
+        data_start: 0,
+        alignment: gguf::ALIGNMENT,
+    };
+    gguf::check::check_model(&planned)
+        .map_err(|message| config.error(format!("does not describe the checkpoint's weights: {message}")))
 }
 
 /// Writes header and metadata, then streams every planned tensor from the checkpoint.

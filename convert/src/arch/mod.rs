@@ -208,6 +208,7 @@ pub fn supported() -> Vec<&'static str> {
 /// config's `num_hidden_layers` are NextN layers.
 pub fn layer_counts(config: &HfConfig, planned: &[PlannedTensor]) -> Result<LayerCounts> {
     let trunk = config.u32(&["num_hidden_layers", "num_layers"])?;
+    let mut trunk_layers = std::collections::BTreeSet::new();
     let mut mtp_layers = std::collections::BTreeSet::new();
     for t in planned {
         if let Some(layer) = t
@@ -218,8 +219,25 @@ pub fn layer_counts(config: &HfConfig, planned: &[PlannedTensor]) -> Result<Laye
         {
             if layer >= trunk {
                 mtp_layers.insert(layer);
+            } else {
+                trunk_layers.insert(layer);
             }
         }
+    }
+    // A layer count that disagrees with the weights gives a file llama.cpp cannot load.
+    if let Some(missing) = (0..trunk).find(|l| !trunk_layers.contains(l)) {
+        return Err(config.error(format!(
+            "num_hidden_layers = {trunk}, but the checkpoint has no weights for layer {missing}"
+        )));
+    }
+    let declared_mtp = config
+        .opt_u32(&["num_nextn_predict_layers", "num_mtp_layers"])?
+        .unwrap_or(0);
+    if mtp_layers.len() as u32 > declared_mtp {
+        return Err(config.error(format!(
+            "num_hidden_layers = {trunk}, but the checkpoint has weights for {} more layers",
+            mtp_layers.len() as u32 - declared_mtp
+        )));
     }
     Ok(LayerCounts {
         trunk,

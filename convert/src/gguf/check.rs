@@ -45,7 +45,124 @@ pub fn check_model(h: &GgufHeader) -> Result<(), String> {
         }
     }
     let vocab = check_vocabulary(h)?;
-    check_tensors(h, layers, embd, vocab)
+    check_tensors(h, layers, embd, vocab)?;
+    check_layer_shapes(&p, layers, embd)
+}
+
+/// Tensors (by the suffix of their name) with an axis that is the embedding width.
+const EMBEDDING_AXES: &[(&str, usize)] = &[
+    ("attn_norm.weight", 0),
+    ("ffn_norm.weight", 0),
+    ("post_attention_norm.weight", 0),
+    ("post_ffw_norm.weight", 0),
+    ("attn_q.weight", 0),
+    ("attn_k.weight", 0),
+    ("attn_v.weight", 0),
+    ("attn_qkv.weight", 0),
+    ("attn_q_a.weight", 0),
+    ("attn_kv_a_mqa.weight", 0),
+    ("attn_output.weight", 1),
+    ("ffn_gate.weight", 0),
+    ("ffn_up.weight", 0),
+    ("ffn_down.weight", 1),
+    ("ffn_gate_inp.weight", 0),
+    ("ffn_gate_exps.weight", 0),
+    ("ffn_up_exps.weight", 0),
+    ("ffn_down_exps.weight", 1),
+    ("ffn_gate_shexp.weight", 0),
+    ("ffn_up_shexp.weight", 0),
+    ("ffn_down_shexp.weight", 1),
+];
+
+/// Every layer tensor against the hyper-parameters llama.cpp will build the graph from:
+/// the embedding width, the attention heads, the feed-forward width and the experts. A
+/// mismatch here is a checkpoint whose config.json does not describe its weights.
+fn check_layer_shapes(p: &Hparams, layers: u64, embd: u64) -> Result<(), String> {
+    let heads = p.per_layer("attention.head_count", layers)?;
+    let kv_heads = p.per_layer("attention.head_count_kv", layers)?;
+    let ff = p.per_layer("feed_forward_length", layers)?;
+    let experts = p.uint("expert_count")?.unwrap_or(0);
+    let expert_ff = p.uint("expert_feed_forward_length")?;
+    // MLA (deepseek2) factors its attention; its head sizes are checked by llama.cpp.
+    let plain_attention = p.uint("attention.key_length_mla")?.is_none();
+    for (t, _) in &p.h.tensors {
+        let Some((block, role)) = layer_role(&t.name) else {
+            continue;
+        };
+        let axis = |i: usize| t.ne.get(i).copied().unwrap_or(1);
+        let wrong = |what: String| format!("tensor {} has shape {:?}: {what}", t.name, t.ne);
+        if let Some(&(_, i)) = EMBEDDING_AXES.iter().find(|(suffix, _)| role == *suffix) {
+            if axis(i) != embd {
+                return Err(wrong(format!("the embedding width is {embd}")));
+            }
+        }
+        if role.ends_with("_exps.weight") && axis(2) != experts {
+            return Err(wrong(format!("the model has {experts} experts")));
+        }
+        if role == "ffn_gate_inp.weight" && axis(1) != experts {
+            return Err(wrong(format!("the model has {experts} experts")));
+        }
+        let expert_width_axis = match role {
+            "ffn_down_exps.weight" => Some(0),
+            "ffn_gate_exps.weight" | "ffn_up_exps.weight" => Some(1),
+            _ => None,
+        };
+        if let (Some(i), Some(width)) = (expert_width_axis, expert_ff) {
+            if axis(i) != width {
+                return Err(wrong(format!("the expert feed-forward width is {width}")));
+            }
+        }
+        let layer = block as usize;
+        if role == "ffn_down.weight" {
+            if let Some(&width) = ff.get(layer).filter(|&&w| w > 0) {
+                if axis(0) != width {
+                    return Err(wrong(format!("the feed-forward width is {width}")));
+                }
+            }
+        }
+        if plain_attention {
+            let (h, kv) = (heads.get(layer).copied(), kv_heads.get(layer).copied());
+            if let Some(expected) = attention_width(p, role, h, kv.or(h), embd)? {
+                let i = usize::from(role != "attn_output.weight");
+                if axis(i) != expected {
+                    return Err(wrong(format!("the attention heads need {expected}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The head-dependent axis of an attention projection (`None` for other tensors).
+fn attention_width(
+    p: &Hparams,
+    role: &str,
+    heads: Option<u64>,
+    kv_heads: Option<u64>,
+    embd: u64,
+) -> Result<Option<u64>, String> {
+    let (Some(h), Some(kv)) = (heads, kv_heads) else {
+        return Ok(None);
+    };
+    if h == 0 {
+        return Ok(None);
+    }
+    let key = p.uint("attention.key_length")?.unwrap_or(embd / h);
+    let value = p.uint("attention.value_length")?.unwrap_or(embd / h);
+    Ok(match role {
+        "attn_q.weight" => Some(h * key),
+        "attn_k.weight" => Some(kv * key),
+        "attn_v.weight" => Some(kv * value),
+        "attn_output.weight" => Some(h * value),
+        "attn_qkv.weight" => Some(h * key + kv * key + kv * value),
+        _ => None,
+    })
+}
+
+/// `blk.7.attn_q.weight` → (7, `attn_q.weight`).
+fn layer_role(name: &str) -> Option<(u64, &str)> {
+    let (block, role) = name.strip_prefix("blk.")?.split_once('.')?;
+    Some((block.parse().ok()?, role))
 }
 
 fn check_heads(p: &Hparams, layers: u64, embd: u64) -> Result<(), String> {
