@@ -116,7 +116,7 @@ impl Checkpoint {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ConvertError::io(&path, e))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ConvertError::Safetensors {
             path: path.clone(),
-            reason: describe_safetensors_error(&e),
+            reason: describe_safetensors_error(&e, &map),
         })?;
         let data_start = 8 + header_len;
         let data_end = metadata
@@ -255,7 +255,8 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             }
             let path = dir.join(file);
             if !files.contains(&path) {
-                if !path.is_file() {
+                // Anything that exists is opened (and refused there if it is not a file).
+                if std::fs::symlink_metadata(&path).is_err() {
                     return Err(ConvertError::config(
                         &index_path,
                         format!("names shard {file}, which does not exist"),
@@ -292,12 +293,29 @@ fn is_plain_relative(name: &str) -> bool {
     !name.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
-fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
+/// Where the header says the tensor data ends, if the header can be read at all.
+fn declared_end(bytes: &[u8]) -> Option<usize> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
+    let data_end = header
+        .as_object()?
+        .values()
+        .filter_map(|info| info.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    (8 + len).checked_add(usize::try_from(data_end).ok()?)
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::MetadataIncompleteBuffer | E::InvalidHeaderLength | E::HeaderTooSmall => {
-            "truncated (file shorter than its header says)".to_owned()
-        }
+        E::MetadataIncompleteBuffer => match declared_end(bytes) {
+            Some(end) if end < bytes.len() => {
+                format!("{} trailing bytes after the last tensor's data", bytes.len() - end)
+            }
+            _ => "truncated (file shorter than its header says)".to_owned(),
+        },
+        E::InvalidHeaderLength | E::HeaderTooSmall => "truncated (file shorter than its header says)".to_owned(),
         other => other.to_string(),
     }
 }

@@ -291,8 +291,29 @@ pub fn max_tokens(text: &str) -> Result<usize, String> {
     usize::try_from(value.min(u64::from(u32::MAX))).map_err(|e| e.to_string())
 }
 
+/// Parses the command line. A usage error is one line, like every other error (clap's
+/// own report adds a usage block and a hint); help and version print as usual.
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            let report = e.render().to_string();
+            let message: Vec<&str> = report
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", message.join(" "));
+            std::process::exit(2);
+        }
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.command {
         Command::Convert(args) => commands::convert::run(&args),
         Command::Run(args) => commands::run::run(&args),

@@ -157,7 +157,7 @@ fn read_array(r: &mut Reader, what: &str) -> std::result::Result<ArrayValue, Str
         return Err(format!("{what}: arrays of arrays are not supported"));
     }
     let count = r.u64(what)?;
-    r.fits(count, ty.min_size(), &format!("{what}: elements"))?;
+    r.fits(count, ty.min_size(), &format!("elements of {what}"))?;
     let n = count as usize;
     Ok(match ty {
         ValueType::U8 => ArrayValue::U8(r.take(count, what)?.to_vec()),
@@ -319,7 +319,7 @@ impl<'a> Reader<'a> {
         match count.checked_mul(size) {
             Some(bytes) if bytes <= self.remaining() => Ok(()),
             _ => Err(format!(
-                "{what}: {count} of them cannot fit in the {} bytes that remain",
+                "truncated or corrupt: {count} {what} cannot fit in the {} bytes that remain",
                 self.remaining()
             )),
         }
