@@ -171,3 +171,29 @@ fn tool_results_continue_the_conversation() {
     assert_eq!(saved_roles(&file), ["user", "assistant", "tool", "assistant"]);
     assert_eq!(read_json(&file)[2]["content"], "{\"temp\":21}");
 }
+
+/// Trimming a long loaded conversation to a small context takes a few renders, not one
+/// per dropped exchange.
+#[test]
+fn a_long_saved_conversation_loads_and_trims_quickly() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let saved = dir.path().join("long.json");
+    let messages: Vec<serde_json::Value> = (0..4000)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            serde_json::json!({"role": role, "content": format!("message {i} with some words in it")})
+        })
+        .collect();
+    std::fs::write(&saved, serde_json::Value::from(messages).to_string()).expect("write");
+    let input = format!("/load {}\nAnd now?\n", saved.display());
+    let started = std::time::Instant::now();
+    let out = chat(&model, &["-c", "256", "--no-think"], &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(context full: dropped"), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "loading took {:?}",
+        started.elapsed()
+    );
+}
