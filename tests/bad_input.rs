@@ -848,3 +848,196 @@ fn an_interrupted_conversion_leaves_nothing() {
         assert!(left.is_empty(), "SIG{signal} left {left:?}");
     }
 }
+
+/// A GGUF header written byte by byte: `(key, type id, value bytes)` entries and
+/// `(name, dims, ggml type, offset)` tensor infos, then `data` bytes.
+fn raw_gguf(kvs: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, u64)], data: usize) -> Vec<u8> {
+    let string = |s: &str| {
+        let mut b = (s.len() as u64).to_le_bytes().to_vec();
+        b.extend(s.as_bytes());
+        b
+    };
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kvs.len() as u64).to_le_bytes());
+    for (key, ty, value) in kvs {
+        out.extend(string(key));
+        out.extend(ty.to_le_bytes());
+        out.extend(value);
+    }
+    for (name, dims, ty, offset) in tensors {
+        out.extend(string(name));
+        out.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(ty.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+    }
+    while out.len() % 32 != 0 {
+        out.push(0);
+    }
+    out.extend(std::iter::repeat_n(0u8, data));
+    out
+}
+
+#[test]
+fn hand_made_gguf_headers_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let arch = ("general.architecture", 8u32, {
+        let mut b = 4u64.to_le_bytes().to_vec();
+        b.extend(b"glm4");
+        b
+    });
+    let u32_value = |v: u32| v.to_le_bytes().to_vec();
+    let nested = {
+        // An array of arrays of u8.
+        let mut b = 9u32.to_le_bytes().to_vec();
+        b.extend(1u64.to_le_bytes());
+        b
+    };
+    let files: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "duplicate-key.gguf",
+            raw_gguf(&[arch.clone(), arch.clone()], &[], 0),
+            "appears twice",
+        ),
+        (
+            "nested.gguf",
+            raw_gguf(&[arch.clone(), ("x", 9, nested)], &[], 0),
+            "arrays of arrays",
+        ),
+        (
+            "unknown-type.gguf",
+            raw_gguf(&[arch.clone(), ("x", 77, vec![0; 8])], &[], 0),
+            "unknown value type",
+        ),
+        (
+            "zero-dim.gguf",
+            raw_gguf(&[arch.clone()], &[("a.weight", &[0, 4], 0, 0)], 64),
+            "zero dimension",
+        ),
+        (
+            "overflow.gguf",
+            raw_gguf(&[arch.clone()], &[("a.weight", &[1 << 40, 1 << 40], 0, 0)], 64),
+            "more elements",
+        ),
+        (
+            "ggml-type.gguf",
+            raw_gguf(&[arch.clone()], &[("a.weight", &[4], 99, 0)], 64),
+            "unknown ggml type",
+        ),
+        (
+            "duplicate-tensor.gguf",
+            raw_gguf(
+                &[arch.clone()],
+                &[("a.weight", &[8], 0, 0), ("a.weight", &[8], 0, 32)],
+                64,
+            ),
+            "appears twice",
+        ),
+        (
+            "offset.gguf",
+            raw_gguf(&[arch.clone()], &[("a.weight", &[8], 0, u64::MAX - 8)], 64),
+            "offset",
+        ),
+        (
+            "long-name.gguf",
+            raw_gguf(&[arch.clone()], &[(&"n".repeat(100), &[8], 0, 0)], 64),
+            "longer than",
+        ),
+        (
+            "dims.gguf",
+            raw_gguf(&[arch.clone()], &[("a.weight", &[1, 1, 1, 1, 1, 1], 0, 0)], 64),
+            "dimensions",
+        ),
+        (
+            "alignment-type.gguf",
+            raw_gguf(
+                &[arch.clone(), ("general.alignment", 10, 32u64.to_le_bytes().to_vec())],
+                &[],
+                0,
+            ),
+            "general.alignment",
+        ),
+        (
+            "layers.gguf",
+            raw_gguf(&[arch.clone(), ("glm4.block_count", 4, u32_value(100_000))], &[], 0),
+            "block_count",
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, bytes, problem) in &files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let command = if name.starts_with("layers") { "run" } else { "inspect" };
+        let mut r = row("hand-made header", &[&command, &path], &[name, problem], &[&path]);
+        if command == "run" {
+            r.args.extend(["-p".into(), "hi".into()]);
+        }
+        rows.push(r);
+    }
+    run_table(&rows);
+}
+
+#[test]
+fn presets_and_importance_matrices_are_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ckpt = fixture_copy("glm-tiny", dir.path());
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("big.yaml"), "#".repeat(2 << 20)).expect("write");
+    std::fs::write(path("bad.yaml"), "description: d\nfile_type: 1\ndefault: q9_9\n").expect("write");
+    let mut legacy = Vec::new();
+    legacy.extend(1i32.to_le_bytes());
+    legacy.extend(21i32.to_le_bytes());
+    legacy.extend(b"blk.0.ffn_down.weight");
+    legacy.extend(1i32.to_le_bytes());
+    legacy.extend(2i32.to_le_bytes());
+    legacy.extend(f32::NAN.to_le_bytes());
+    legacy.extend(1.0f32.to_le_bytes());
+    std::fs::write(path("nan.dat"), &legacy).expect("write");
+    std::fs::write(path("short.dat"), &legacy[..10]).expect("write");
+    let convert = |name: &'static str, extra: &[&str], expect: &[&str]| {
+        let mut args: Vec<OsString> = vec!["convert".into(), ckpt.clone().into(), "-o".into(), "out.gguf".into()];
+        args.extend(extra.iter().map(OsString::from));
+        row_os(name, args, expect, &[&ckpt])
+    };
+    let big = path("big.yaml");
+    let bad = path("bad.yaml");
+    let nan = path("nan.dat");
+    let short = path("short.dat");
+    let rows = vec![
+        convert(
+            "a huge preset",
+            &["--quant", big.to_str().expect("utf-8")],
+            &["big.yaml", "larger than"],
+        ),
+        convert(
+            "a malformed preset",
+            &["--quant", bad.to_str().expect("utf-8")],
+            &["bad.yaml", "line 3", "q9_9"],
+        ),
+        convert(
+            "a preset from /dev/zero",
+            &["--quant", "/dev/zero"],
+            &["/dev/zero", "not a regular file"],
+        ),
+        convert(
+            "an unknown preset",
+            &["--quant", "q9_k_x"],
+            &["q9_k_x", "unknown preset"],
+        ),
+        convert(
+            "an importance matrix with NaN",
+            &["--quant", "q4_k_m", "--imatrix", nan.to_str().expect("utf-8")],
+            &["nan.dat", "finite"],
+        ),
+        convert(
+            "a truncated importance matrix",
+            &["--quant", "q4_k_m", "--imatrix", short.to_str().expect("utf-8")],
+            &["short.dat"],
+        ),
+    ];
+    run_table(&rows);
+}

@@ -206,7 +206,7 @@ impl Preset {
             return Self::parse(name, text, Path::new(name));
         }
         let path = Path::new(name_or_path);
-        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") || path.is_file() {
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") || path.exists() {
             let text = crate::files::read_text_limited(path, crate::files::MAX_PRESET_BYTES)?;
             let name = path
                 .file_stem()
