@@ -503,6 +503,16 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
         mkfifo(&shard);
     });
     let nan = variant("nan", &poison_first_norm);
+    let scalar = variant("scalar", &|d: &Path| {
+        let index = read_json(&d.join("model.safetensors.index.json"));
+        let shard = d.join(index["weight_map"]["model.norm.weight"].as_str().expect("shard"));
+        rebuild_shard(&shard, |name, shape, bytes| {
+            if name == "model.norm.weight" {
+                shape.clear();
+                bytes.truncate(2);
+            }
+        });
+    });
     let convert = |name: &'static str, input: &Path, expect: &[&str]| {
         row(name, &[&"convert", &input, &"-o", &"out.gguf"], expect, &[input])
     };
@@ -544,6 +554,7 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
         ),
         convert("fifo shard", &fifo, &["model-00002-of-00003.safetensors", "FIFO"]),
         convert("NaN weights", &nan, &["NaN"]),
+        convert("a 0-d weight", &scalar, &["model.norm.weight", "shape []"]),
     ];
     run_table(&rows);
     // With --allow-nonfinite the same checkpoint converts.
@@ -557,6 +568,44 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
         .status()
         .expect("convert");
     assert!(status.success());
+}
+
+/// Rewrites a safetensors shard, letting `edit` change any tensor's shape and bytes.
+fn rebuild_shard(path: &Path, mut edit: impl FnMut(&str, &mut Vec<u64>, &mut Vec<u8>)) {
+    let source = std::fs::read(path).expect("read");
+    let header_len = u64::from_le_bytes(source[..8].try_into().expect("len")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&source[8..8 + header_len]).expect("header");
+    let data = &source[8 + header_len..];
+    let mut entries = serde_json::Map::new();
+    let mut body = Vec::new();
+    for (name, info) in header.as_object().expect("object") {
+        if name == "__metadata__" {
+            continue;
+        }
+        let start = info["data_offsets"][0].as_u64().expect("start") as usize;
+        let end = info["data_offsets"][1].as_u64().expect("end") as usize;
+        let mut shape: Vec<u64> = info["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().expect("dim"))
+            .collect();
+        let mut bytes = data[start..end].to_vec();
+        edit(name, &mut shape, &mut bytes);
+        let mut entry = info.clone();
+        entry["shape"] = shape.into();
+        entry["data_offsets"] = serde_json::json!([body.len(), body.len() + bytes.len()]);
+        body.extend(bytes);
+        entries.insert(name.clone(), entry);
+    }
+    let mut text = serde_json::Value::Object(entries).to_string().into_bytes();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(body);
+    std::fs::write(path, out).expect("write");
 }
 
 /// Writes a NaN into the first BF16 value of `model.norm.weight`.

@@ -189,6 +189,16 @@ pub(crate) fn plan_headers(
                     "planned twice (duplicate tensor names are a load error)",
                 ));
             }
+            if p.ne.is_empty() || p.ne.contains(&0) {
+                let sources: Vec<&str> = p.sources.iter().map(|s| s.tensor.as_str()).collect();
+                return Err(ConvertError::tensor(
+                    sources.join(", "),
+                    format!(
+                        "has shape {:?}; a weight needs at least one element per dimension",
+                        p.ne
+                    ),
+                ));
+            }
             if p.name.len() > 63 {
                 return Err(ConvertError::tensor(&p.name, "name longer than ggml's 63-byte limit"));
             }
