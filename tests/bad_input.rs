@@ -924,7 +924,7 @@ fn raw_gguf(kvs: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, u64)], 
         out.extend(ty.to_le_bytes());
         out.extend(offset.to_le_bytes());
     }
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     out.extend(std::iter::repeat_n(0u8, data));
@@ -964,23 +964,27 @@ fn hand_made_gguf_headers_are_refused() {
         ),
         (
             "zero-dim.gguf",
-            raw_gguf(&[arch.clone()], &[("a.weight", &[0, 4], 0, 0)], 64),
+            raw_gguf(std::slice::from_ref(&arch), &[("a.weight", &[0, 4], 0, 0)], 64),
             "zero dimension",
         ),
         (
             "overflow.gguf",
-            raw_gguf(&[arch.clone()], &[("a.weight", &[1 << 40, 1 << 40], 0, 0)], 64),
+            raw_gguf(
+                std::slice::from_ref(&arch),
+                &[("a.weight", &[1 << 40, 1 << 40], 0, 0)],
+                64,
+            ),
             "more elements",
         ),
         (
             "ggml-type.gguf",
-            raw_gguf(&[arch.clone()], &[("a.weight", &[4], 99, 0)], 64),
+            raw_gguf(std::slice::from_ref(&arch), &[("a.weight", &[4], 99, 0)], 64),
             "unknown ggml type",
         ),
         (
             "duplicate-tensor.gguf",
             raw_gguf(
-                &[arch.clone()],
+                std::slice::from_ref(&arch),
                 &[("a.weight", &[8], 0, 0), ("a.weight", &[8], 0, 32)],
                 64,
             ),
@@ -988,17 +992,21 @@ fn hand_made_gguf_headers_are_refused() {
         ),
         (
             "offset.gguf",
-            raw_gguf(&[arch.clone()], &[("a.weight", &[8], 0, u64::MAX - 8)], 64),
+            raw_gguf(std::slice::from_ref(&arch), &[("a.weight", &[8], 0, u64::MAX - 8)], 64),
             "offset",
         ),
         (
             "long-name.gguf",
-            raw_gguf(&[arch.clone()], &[(&"n".repeat(100), &[8], 0, 0)], 64),
+            raw_gguf(std::slice::from_ref(&arch), &[(&"n".repeat(100), &[8], 0, 0)], 64),
             "longer than",
         ),
         (
             "dims.gguf",
-            raw_gguf(&[arch.clone()], &[("a.weight", &[1, 1, 1, 1, 1, 1], 0, 0)], 64),
+            raw_gguf(
+                std::slice::from_ref(&arch),
+                &[("a.weight", &[1, 1, 1, 1, 1, 1], 0, 0)],
+                64,
+            ),
             "dimensions",
         ),
         (
