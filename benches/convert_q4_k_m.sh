@@ -33,7 +33,7 @@ measure() {
 }
 
 echo "checkpoint: $(du -sh "$checkpoint" | cut -f1), $threads threads"
-measure glm-convert "$glm" convert "$checkpoint" --quant q4_k_m -o "$work/glm-Q4_K_M.gguf"
+measure glm-convert "$glm" convert "$checkpoint" --quant q4_k_m -o "$work/glm-Q4_K_M.gguf" --force
 measure hf-to-bf16 "$python" "$root/benches/hf_convert_bf16.py" "$llama_cpp" "$checkpoint" "$work/bf16.gguf"
 measure llama-quantize "$quantize" "$work/bf16.gguf" "$work/llama-Q4_K_M.gguf" Q4_K_M "$threads"
 rm -f "$work/bf16.gguf"
