@@ -322,6 +322,14 @@ fn malformed_gguf_files_are_refused_before_llama_cpp() {
     rewrite_gguf(&good, &path("missing-tensor.gguf"), |_, tensors| {
         tensors.retain(|(t, _)| t.name != "blk.1.ffn_down.weight")
     });
+    rewrite_gguf(&good, &path("gating.gguf"), |m, _| {
+        set_meta(m, "chatglm.expert_gating_func", MetaValue::U32(9))
+    });
+    rewrite_gguf(&converted("glm-tiny", "f32"), &path("int-weight.gguf"), |_, tensors| {
+        for (t, _) in tensors.iter_mut().filter(|(t, _)| t.name == "blk.0.ffn_down.weight") {
+            t.ggml_type = glm_convert::GgmlType::I32;
+        }
+    });
     let fifo = path("fifo.gguf");
     mkfifo(&fifo);
     let inspect = |file: &str, expect: &[&str]| -> Row {
@@ -362,6 +370,12 @@ fn malformed_gguf_files_are_refused_before_llama_cpp() {
         run("too many layers", "many-layers.gguf", &["block_count"]),
         run("negative epsilon", "eps.gguf", &["epsilon"]),
         run("rope wider than the head", "rope.gguf", &["rope.dimension_count"]),
+        run("an unknown gating function", "gating.gguf", &["expert_gating_func"]),
+        run(
+            "an integer weight matrix",
+            "int-weight.gguf",
+            &["blk.0.ffn_down.weight", "I32"],
+        ),
         run("token types of the wrong length", "token-types.gguf", &["token_type"]),
         run(
             "a tensor llama.cpp needs is missing",

@@ -44,9 +44,63 @@ pub fn check_model(h: &GgufHeader) -> Result<(), String> {
             }
         }
     }
+    if let Some(gating) = p.uint("expert_gating_func")?.filter(|&g| g > MAX_GATING_FUNC) {
+        return Err(format!(
+            "{arch}.expert_gating_func = {gating} is not a gating function llama.cpp knows"
+        ));
+    }
+    check_rope_sections(&p)?;
     let vocab = check_vocabulary(h)?;
     check_tensors(h, layers, embd, vocab)?;
+    check_tensor_types(h)?;
     check_layer_shapes(&p, layers, embd)
+}
+
+/// llama.cpp's gating functions are numbered 0 to 4; it aborts on any other.
+const MAX_GATING_FUNC: u64 = 4;
+
+/// M-RoPE sections split the rotary dimensions: together at most half of them.
+fn check_rope_sections(p: &Hparams) -> Result<(), String> {
+    let key = p.key("rope.dimension_sections");
+    let Some(value) = p.h.get(&key) else {
+        return Ok(());
+    };
+    let sections = match value {
+        MetaValue::Array(a) => a.integers(),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{key} must be a list of integers"))?;
+    if sections.len() > 4 || sections.iter().any(|&s| s < 0) {
+        return Err(format!("{key} must hold at most four non-negative sizes"));
+    }
+    let sum: i128 = sections.iter().sum();
+    if let Some(rope) = p.uint("rope.dimension_count")? {
+        if sum * 2 > i128::from(rope) {
+            return Err(format!(
+                "{key} covers {sum} pairs, more than the {rope} rotary dimensions hold"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Matrices must be of a type ggml can multiply: not the integer types, F64, or the
+/// internal Q8_1/Q8_K activation formats (ggml aborts on them mid-computation).
+fn check_tensor_types(h: &GgufHeader) -> Result<(), String> {
+    use crate::tensor_type::GgmlType as T;
+    for (t, _) in &h.tensors {
+        if matches!(
+            t.ggml_type,
+            T::I8 | T::I16 | T::I32 | T::I64 | T::F64 | T::Q8_1 | T::Q8K
+        ) {
+            return Err(format!(
+                "tensor {} is {}, which llama.cpp cannot use as a weight",
+                t.name,
+                t.ggml_type.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Tensors (by the suffix of their name) with an axis that is the embedding width.
