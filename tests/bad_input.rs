@@ -516,6 +516,10 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
         std::fs::remove_file(&shard).expect("remove");
         mkfifo(&shard);
     });
+    let fifo_config = variant("fifo-config", &|d: &Path| {
+        std::fs::remove_file(d.join("config.json")).expect("remove");
+        mkfifo(&d.join("config.json"));
+    });
     let nan = variant("nan", &poison_first_norm);
     let scalar = variant("scalar", &|d: &Path| {
         let index = read_json(&d.join("model.safetensors.index.json"));
@@ -567,6 +571,7 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
             &["tokenizer_config.json", "chat_template"],
         ),
         convert("fifo shard", &fifo, &["model-00002-of-00003.safetensors", "FIFO"]),
+        convert("fifo config", &fifo_config, &["config.json", "FIFO"]),
         convert("NaN weights", &nan, &["NaN"]),
         convert("a 0-d weight", &scalar, &["model.norm.weight", "shape []"]),
     ];

@@ -234,7 +234,7 @@ impl Checkpoint {
 
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index_path = dir.join("model.safetensors.index.json");
-    if index_path.is_file() {
+    if index_path.exists() {
         let index = read_json(&index_path)?;
         let Some(Value::Object(weight_map)) = index.get("weight_map") else {
             return Err(ConvertError::config(&index_path, "no `weight_map` object"));
@@ -269,7 +269,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(files);
     }
     let single = dir.join("model.safetensors");
-    if single.is_file() {
+    if single.exists() {
         return Ok(vec![single]);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -17,7 +17,7 @@ pub struct HfConfig {
 impl HfConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        if !path.is_file() {
+        if !path.exists() {
             return Err(ConvertError::config(
                 &path,
                 "missing: a Hugging Face checkpoint folder needs a config.json",

@@ -221,7 +221,7 @@ fn normalisation(input: &Path) -> Result<([f32; 3], [f32; 3])> {
         ("processor_config.json", Some("image_processor")),
     ] {
         let path = input.join(file);
-        if !path.is_file() {
+        if !path.exists() {
             continue;
         }
         let json = read_json(&path)?;

@@ -45,7 +45,7 @@ impl Vocabulary {
     /// row count), since llama.cpp checks the two agree.
     pub fn load(dir: &Path, vocab_size: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
+        if !path.exists() {
             return Err(tokenizer_error(&path, "missing: the GGUF needs the tokenizer"));
         }
         let json = read_json(&path)?;
@@ -270,7 +270,7 @@ fn merges(model: &Value, path: &Path) -> Result<Vec<String>> {
 
 fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Map<String, Value>> {
     let path = dir.join("tokenizer_config.json");
-    if !path.is_file() {
+    if !path.exists() {
         return Ok(Default::default());
     }
     match read_json(&path)? {
@@ -301,11 +301,11 @@ fn chat_template(dir: &Path, tokenizer_config: &serde_json::Map<String, Value>) 
         });
     }
     let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
+    if jinja.exists() {
         return crate::files::read_text_limited(&jinja, crate::files::MAX_CONFIG_BYTES).map(Some);
     }
     let json_path = dir.join("chat_template.json");
-    if json_path.is_file() {
+    if json_path.exists() {
         return match read_json(&json_path)?.get("chat_template").filter(|v| !v.is_null()) {
             None => Ok(None),
             Some(value) => template_value(value)

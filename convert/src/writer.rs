@@ -502,7 +502,7 @@ fn write_general(
     meta.set("general.file_type", options.preset.file_type);
     meta.set("general.quantization_version", 2u32);
     let generation = input.join("generation_config.json");
-    if generation.is_file() {
+    if generation.exists() {
         let g = read_json(&generation)?;
         if let Some(t) = g.get("temperature").and_then(Value::as_f64) {
             meta.set("general.sampling.temp", t as f32);

@@ -509,13 +509,25 @@ fn answer(state: &mut ChatState) -> Result<()> {
 }
 
 /// `$GLM_HISTORY_FILE`, else `glm/history.txt` under the user's data directory.
+/// The history file, when it is a regular file or does not exist yet: the line editor
+/// would block opening a FIFO and write into a device. Without one, history stays in
+/// memory for the session.
 fn history_file() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GLM_HISTORY_FILE") {
-        return Some(PathBuf::from(path));
+    let path = match std::env::var_os("GLM_HISTORY_FILE") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let dir = dirs::data_dir()?.join("glm");
+            std::fs::create_dir_all(&dir).ok()?;
+            dir.join("history.txt")
+        }
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) if !meta.is_file() => {
+            eprintln!("(history not kept: {} is not a regular file)", path.display());
+            None
+        }
+        _ => Some(path),
     }
-    let dir = dirs::data_dir()?.join("glm");
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir.join("history.txt"))
 }
 
 /// Completes slash commands and, after them, file paths.
