@@ -528,3 +528,41 @@ fn mmproj_has_clip_keys_and_split_patch_kernels() {
     assert!(none.is_none());
     assert!(!dir.path().join("x.gguf").exists());
 }
+
+/// Records what a conversion reports as its progress.
+#[derive(Default)]
+struct RecordedProgress {
+    total: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl glm_convert::Progress for RecordedProgress {
+    fn begin(&self, total_bytes: u64) {
+        self.total.store(total_bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The progress bar ends exactly at its total, also for GLM-4.1V's element-sliced q/k
+/// biases and MLA's transposed blocks.
+#[test]
+fn progress_ends_at_its_total() {
+    for model in ["glm41v-tiny", "glm47flash-tiny", "glm4-tiny"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let progress = RecordedProgress::default();
+        let options = glm_convert::ConvertOptions {
+            preset: glm_convert::Preset::load("bf16").expect("preset"),
+            quantizer: None,
+            importance: None,
+            name: None,
+            plan: Default::default(),
+        };
+        glm_convert::convert(&model_dir(model), &dir.path().join("out.gguf"), &options, &progress).expect("convert");
+        let total = progress.total.load(std::sync::atomic::Ordering::SeqCst);
+        let done = progress.done.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(total > 0, "{model}");
+        assert_eq!(done, total, "{model}: progress ended at {done} of {total}");
+    }
+}

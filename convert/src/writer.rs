@@ -134,11 +134,7 @@ pub(crate) fn write_planned(
     let total: u64 = planned
         .iter()
         .flat_map(|p| &p.sources)
-        .filter_map(|s| {
-            let entry = checkpoint.get(&s.tensor)?;
-            let rows = slice_rows(s, entry).ok()?;
-            Some((rows.len() * entry.row_len() * entry.dtype.size()) as u64)
-        })
+        .filter_map(|s| Some(slice_bytes(s, checkpoint.get(&s.tensor)?)))
         .sum();
     progress.begin(total);
     write_atomically(output, |out| {
@@ -300,6 +296,15 @@ fn source_entry<'a>(checkpoint: &'a Checkpoint, slice: &SourceSlice) -> Result<&
         .ok_or_else(|| ConvertError::tensor(&slice.tensor, "missing from the checkpoint"))
 }
 
+/// The source bytes a slice reads, as progress counts them.
+fn slice_bytes(slice: &SourceSlice, entry: &TensorEntry) -> u64 {
+    let Ok(rows) = slice_rows(slice, entry) else {
+        return 0;
+    };
+    let per_row = if slice.elements { 1 } else { entry.row_len() };
+    (rows.len() * per_row * entry.dtype.size()) as u64
+}
+
 /// The rows a slice selects, checked against the tensor's row count.
 fn slice_rows(slice: &SourceSlice, entry: &TensorEntry) -> Result<Range<usize>> {
     let count = if slice.elements {
@@ -402,11 +407,12 @@ fn write_tensor<W: Write>(
             let size = entry.dtype.size();
             let bytes = checkpoint.row_bytes_raw(entry, rows.start * size..rows.end * size);
             written += encode_rows(out, bytes, entry.dtype, rows.len(), encoder, index)?;
+            progress.advance(slice_bytes(slice, entry));
             continue;
         }
         if slice.transpose {
             written += write_transposed(out, checkpoint, entry, rows.clone(), encoder, index)?;
-            progress.advance((rows.len() * entry.row_len() * entry.dtype.size()) as u64);
+            progress.advance(slice_bytes(slice, entry));
             continue;
         }
         let rows_per_chunk = (CHUNK_ELEMENTS / entry.row_len().max(1)).max(1);

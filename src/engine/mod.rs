@@ -575,9 +575,7 @@ impl<'m> ChatSession<'m> {
             }
             stats.generated_tokens += 1;
             self.engine.piece(token, &mut piece);
-            text.clear();
-            text.reserve(piece.len() + 4);
-            let _ = decoder.decode_to_string(&piece, &mut text, false);
+            decode_piece(&mut decoder, &piece, &mut text);
             // Shown before the next forward pass, not after it; a stop here leaves the token
             // out of the cache, and the next turn evaluates its text again.
             if !text.is_empty() && !on_text(&text) {
@@ -606,6 +604,23 @@ impl<'m> ChatSession<'m> {
             self.cached_text.truncate(self.token_ends.last().copied().unwrap_or(0));
         }
         Ok(())
+    }
+}
+
+/// Appends the complete characters of a token's bytes to a cleared `text`; a character
+/// split across tokens waits in `decoder` for the next piece, and bytes that are not
+/// UTF-8 become U+FFFD. Room is made for the decoder's worst case first: it writes only
+/// what fits and would otherwise drop the rest.
+fn decode_piece(decoder: &mut encoding_rs::Decoder, piece: &[u8], text: &mut String) {
+    text.clear();
+    let mut rest = piece;
+    loop {
+        text.reserve(decoder.max_utf8_buffer_length(rest.len()).unwrap_or(rest.len() * 3 + 4));
+        let (result, read, _) = decoder.decode_to_string(rest, text, false);
+        rest = &rest[read..];
+        if result == encoding_rs::CoderResult::InputEmpty {
+            return;
+        }
     }
 }
 
@@ -772,3 +787,29 @@ fn load_bitmap(path: &Path) -> Result<MtmdBitmap> {
 /// Largest image side and decoded size accepted (llama.cpp resizes far below this).
 const MAX_IMAGE_SIDE: u32 = 16384;
 const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_bytes_are_replaced_not_lost() {
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let mut text = String::new();
+        decode_piece(&mut decoder, &[0xff; 16], &mut text);
+        assert_eq!(text, "\u{fffd}".repeat(16));
+        decode_piece(&mut decoder, "añb".as_bytes(), &mut text);
+        assert_eq!(text, "añb");
+    }
+
+    #[test]
+    fn a_character_split_across_pieces_arrives_whole() {
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let mut text = String::new();
+        let bytes = "你".as_bytes();
+        decode_piece(&mut decoder, &bytes[..1], &mut text);
+        assert_eq!(text, "");
+        decode_piece(&mut decoder, &bytes[1..], &mut text);
+        assert_eq!(text, "你");
+    }
+}
