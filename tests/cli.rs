@@ -175,6 +175,46 @@ fn tokenize_prints_hf_ids() {
     assert_eq!(printed, case["ids"]);
 }
 
+/// A text that starts with `-` is text, not a flag; with no text, stdin is read.
+#[test]
+fn tokenize_takes_dashed_text_and_stdin() {
+    let model = converted("glm-tiny", "f16");
+    let tokens = |cmd: &mut Command| -> Value {
+        let out = cmd.output().expect("run");
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        serde_json::from_slice(&out.stdout).expect("JSON list")
+    };
+    let dashed = tokens(glm().arg("tokenize").arg(&model).arg("-5 degrees"));
+    let piped = tokens(glm().arg("tokenize").arg(&model).write_stdin("-5 degrees"));
+    let joined = tokens(glm().arg("tokenize").arg(&model).arg("x-5 degrees"));
+    assert!(!dashed.as_array().expect("list").is_empty());
+    assert_eq!(dashed, piped);
+    assert_ne!(dashed, joined);
+}
+
+/// `--help` states each default once.
+#[test]
+fn help_states_each_default_once() {
+    for command in ["run", "chat", "logits", "convert", "quantize"] {
+        let out = glm().args([command, "--help"]).output().expect("help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // One block per option: it starts at the line that names the flag.
+        let mut blocks: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with("  -") || line.starts_with("      --") || blocks.is_empty() {
+                blocks.push(String::new());
+            }
+            if let Some(block) = blocks.last_mut() {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+        for block in blocks {
+            assert!(block.matches("[default:").count() <= 1, "{command}: {block}");
+        }
+    }
+}
+
 #[test]
 fn logits_writes_last_and_all_positions() {
     let model = converted("glm4-tiny", "f32");

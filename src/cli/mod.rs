@@ -226,8 +226,9 @@ pub struct InspectArgs {
 pub struct TokenizeArgs {
     /// A GGUF file or Hugging Face checkpoint folder.
     pub model: PathBuf,
-    /// The text; `-` reads it from standard input.
-    pub text: String,
+    /// The text (it may start with `-`); `-` or nothing reads it from standard input.
+    #[arg(allow_hyphen_values = true)]
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use crate::cli::TokenizeArgs;
 use crate::engine::{Engine, LoadOptions};
 
 pub fn run(args: &TokenizeArgs) -> Result<()> {
-    let text = super::text_argument(&args.text)?;
+    let text = super::text_argument(args.text.as_deref().unwrap_or("-"))?;
     let path = crate::model_source::resolve(&args.model)?;
     let engine = Engine::load(
         &path,
