@@ -2,7 +2,6 @@
 //! checkpoint folder is converted once (BF16, lossless for BF16 checkpoints) into a cache
 //! and reused until the checkpoint changes.
 
-use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -84,11 +83,7 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
         .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))
         .context("no cache directory: set GLM_CACHE_DIR")?;
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
-    let stem = format!(
-        "{}-{:016x}",
-        glm_convert::model_base_name(dir),
-        checkpoint_fingerprint(dir)?
-    );
+    let stem = format!("{}-{}", glm_convert::model_base_name(dir), checkpoint_fingerprint(dir)?);
     let file = cache_dir.join(format!("{stem}-BF16.gguf"));
     if !file.is_file() {
         eprintln!("converting {} to {} (once)", dir.display(), file.display());
@@ -115,26 +110,82 @@ fn cached_conversion(dir: &Path) -> Result<PathBuf> {
     Ok(file)
 }
 
-/// Changes whenever a file of the checkpoint is replaced, resized or touched.
-fn checkpoint_fingerprint(dir: &Path) -> Result<u64> {
+/// Changes whenever a file of the checkpoint is replaced, resized or touched. A
+/// cryptographic hash, not `DefaultHasher`, whose output may change between Rust
+/// releases and would orphan every cached conversion.
+fn checkpoint_fingerprint(dir: &Path) -> Result<String> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("{}: cannot resolve", dir.display()))?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    dir.hash(&mut hasher);
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+    let mut entries: Vec<FileStamp> = std::fs::read_dir(&dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(|e| e.ok())
+        .map(|entry| {
+            let meta = entry.metadata().ok();
+            let modified = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            FileStamp {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                len: meta.map_or(0, |m| m.len()),
+                modified_nanos: modified.map_or(0, |d| d.as_nanos()),
+            }
+        })
         .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let meta = entry.metadata()?;
-        entry.file_name().hash(&mut hasher);
-        meta.len().hash(&mut hasher);
-        if let Ok(modified) = meta.modified() {
-            modified.hash(&mut hasher);
-        }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(fingerprint(&dir.to_string_lossy(), &entries))
+}
+
+/// What the cache key knows of one file of a checkpoint folder.
+struct FileStamp {
+    name: String,
+    len: u64,
+    modified_nanos: u128,
+}
+
+/// Bump when the cache's contents change meaning.
+const CACHE_FORMAT: &str = "glm-cache-v2";
+
+fn fingerprint(dir: &str, entries: &[FileStamp]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in [CACHE_FORMAT, env!("CARGO_PKG_VERSION"), dir] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
     }
-    env!("CARGO_PKG_VERSION").hash(&mut hasher);
-    Ok(hasher.finish())
+    for entry in entries {
+        hasher.update((entry.name.len() as u64).to_le_bytes());
+        hasher.update(entry.name.as_bytes());
+        hasher.update(entry.len.to_le_bytes());
+        hasher.update(entry.modified_nanos.to_le_bytes());
+    }
+    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_is_stable() {
+        let entries = [
+            FileStamp {
+                name: "config.json".into(),
+                len: 812,
+                modified_nanos: 1_700_000_000_000_000_000,
+            },
+            FileStamp {
+                name: "model.safetensors".into(),
+                len: 1 << 30,
+                modified_nanos: 1_700_000_000_500_000_000,
+            },
+        ];
+        let key = fingerprint("/models/GLM-4-9B", &entries);
+        assert_eq!(key.len(), 16);
+        // Pinned: a change (also a new crate version, which is part of the key) means
+        // every cached conversion is made again.
+        assert_eq!(key, "ee566ce5ee1eab12");
+        assert_ne!(key, fingerprint("/models/GLM-4-9B-0414", &entries));
+    }
 }
