@@ -210,21 +210,7 @@ impl Checkpoint {
         let row_bytes = entry.row_len() * entry.dtype.size();
         let start = entry.start + rows.start * row_bytes;
         let end = (entry.start + rows.end * row_bytes).min(entry.end);
-        let shard = &self.shards[entry.shard];
-        // Only whole pages strictly inside the range are released.
-        let page = 4096;
-        let first = start.div_ceil(page) * page;
-        let last = end / page * page;
-        if last > first {
-            // SAFETY: MADV_DONTNEED on a read-only, file-backed private mapping only drops
-            // cached pages; the next access re-reads them from the file, so no slice that
-            // safe code holds can observe different contents.
-            let _ = unsafe {
-                shard
-                    .map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
-            };
-        }
+        crate::files::release_pages(&self.shards[entry.shard].map, start..end);
     }
 
     pub fn shard_path(&self, entry: &TensorEntry) -> &Path {

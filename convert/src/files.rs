@@ -307,6 +307,21 @@ fn sync_folder(folder: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Tells the kernel a streamed pass is done with `range` of a read-only file map, so its
+/// pages leave the resident set; without this, reading a 100 GB file once would still end
+/// with all of it counted as resident memory. Only whole pages inside the range go.
+pub fn release_pages(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    let page = 4096;
+    let first = range.start.div_ceil(page) * page;
+    let last = range.end.min(map.len()) / page * page;
+    if last > first {
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed private mapping only drops
+        // cached pages; the next access re-reads them from the file, so no slice that
+        // safe code holds can observe different contents.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+    }
+}
+
 /// Writes `bytes` as the whole of `path`, atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomically(path, |out| out.write_all(bytes).map_err(|e| ConvertError::io(path, e)))

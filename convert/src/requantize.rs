@@ -65,8 +65,11 @@ pub fn requantize(
         let mut written = gguf::write_header(out, &meta, &outputs)?;
         for ((source, offset), target) in header.tensors.iter().zip(&outputs) {
             let encoder = Encoder::for_tensor(target, options);
-            let bytes = &map[*offset as usize..(*offset + source.n_bytes()) as usize];
-            written += reencode(out, bytes, source, target, &encoder)?;
+            let start = *offset as usize;
+            let bytes = &map[start..start + source.n_bytes() as usize];
+            // As in conversion: consumed input pages leave the resident set as we go.
+            let release = |r: std::ops::Range<usize>| file.release(start + r.start..start + r.end);
+            written += reencode(out, bytes, source, target, &encoder, &release)?;
             progress.advance(bytes.len() as u64);
         }
         Ok(written)
@@ -91,13 +94,15 @@ fn source_dtype(ty: GgmlType) -> Option<SourceDtype> {
 }
 
 /// Re-encodes one tensor in row chunks that never straddle two experts, so each chunk can
-/// use its expert's importance weights.
+/// use its expert's importance weights; `consumed` gets each chunk's range in `bytes`
+/// once it is written.
 fn reencode<W: Write>(
     out: &mut W,
     bytes: &[u8],
     source: &TensorHeader,
     target: &TensorHeader,
     encoder: &Encoder,
+    consumed: &dyn Fn(std::ops::Range<usize>),
 ) -> Result<u64, WriteError> {
     let dtype = source_dtype(source.ggml_type).ok_or_else(|| {
         WriteError::Convert(ConvertError::tensor(
@@ -110,9 +115,12 @@ fn reencode<W: Write>(
     let row_bytes = row_len * dtype.size();
     let rows_per_chunk = (CHUNK_ELEMENTS / row_len.max(1)).clamp(1, rows_per_slab.max(1));
     let mut written = 0u64;
-    for (slab, slab_bytes) in bytes.chunks(rows_per_slab * row_bytes).enumerate() {
-        for chunk in slab_bytes.chunks(rows_per_chunk * row_bytes) {
+    let slab_bytes = rows_per_slab * row_bytes;
+    for (slab, slab_data) in bytes.chunks(slab_bytes).enumerate() {
+        for (index, chunk) in slab_data.chunks(rows_per_chunk * row_bytes).enumerate() {
             written += encode_rows(out, chunk, dtype, row_len, encoder, slab)?;
+            let start = slab * slab_bytes + index * rows_per_chunk * row_bytes;
+            consumed(start..start + chunk.len());
         }
     }
     end_tensor_data(out, target, written)

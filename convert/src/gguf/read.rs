@@ -59,6 +59,11 @@ impl GgufFile {
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }
+
+    /// Hands the pages of `range` back to the kernel after a streamed read.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        crate::files::release_pages(&self.map, range);
+    }
 }
 
 /// Opens, maps and validates a GGUF file; every error names the file.
