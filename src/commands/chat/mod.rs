@@ -1,0 +1,287 @@
+//! `glm chat`: the interactive REPL (rustyline: history, editing, completion), and the
+//! plain line-per-turn mode used when stdin is not a terminal.
+
+mod editor;
+mod settings;
+mod slash_commands;
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use editor::{history_file, prompt_user, Prompted};
+use slash_commands::{dispatch, Flow};
+
+use super::reply::{Reply, ReplyPrinter};
+use crate::chat::{prompt_opens_thinking, ChatTemplate, Conversation, RenderOptions};
+use crate::cli::{ChatArgs, GenerationArgs};
+use crate::engine::{ChatSession, Engine, GenerationStats, Projector, Sampling};
+
+/// Everything one chat keeps between turns.
+struct ChatState<'e> {
+    session: ChatSession<'e>,
+    template: ChatTemplate,
+    render: RenderOptions,
+    conversation: Conversation,
+    generation: GenerationArgs,
+    sampling: Sampling,
+    show_reasoning: bool,
+    last: Option<GenerationStats>,
+    /// Plain output for scripts: no notices on stdout.
+    interactive: bool,
+    /// Images attached with /image, sent with the next message.
+    pending_images: Vec<PathBuf>,
+    /// The vision projector, loaded at the first image.
+    projector: Option<Projector>,
+    projector_path: Option<PathBuf>,
+    model_path: PathBuf,
+    engine: &'e Engine,
+    threads: i32,
+}
+
+pub fn run(args: &ChatArgs) -> Result<()> {
+    let (engine, model_path) = super::load_engine_and_path(&args.model)?;
+    let template = super::chat_template(&engine)?;
+    let render = super::render_options(&engine, &args.prompt_format, args.prompt_format.enable_thinking())?;
+    let context = super::context_options(&args.model);
+    let session = ChatSession::new(&engine, &context)?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut state = ChatState {
+        session,
+        template,
+        render,
+        conversation: Conversation::new(args.prompt_format.system.clone()),
+        sampling: super::sampling(&args.generation),
+        generation: args.generation.clone(),
+        show_reasoning: !args.generation.hide_reasoning,
+        last: None,
+        interactive,
+        pending_images: Vec::new(),
+        projector: None,
+        projector_path: args.mmproj.clone(),
+        model_path,
+        engine: &engine,
+        threads: context.threads,
+    };
+    if interactive {
+        // Only a person at the terminal gets "Ctrl-C stops the answer"; a script fed
+        // through a pipe keeps the usual meaning, stop the program.
+        crate::signals::claim_interrupts();
+        repl(&mut state)
+    } else {
+        scripted(&mut state)
+    }
+}
+
+/// One turn per line (or per `"""` block) from stdin; answers printed plainly.
+fn scripted(state: &mut ChatState) -> Result<()> {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    while let Some(line) = bounded_line(&mut input)? {
+        let text = match line.trim_start().strip_prefix("\"\"\"") {
+            Some(first) => read_block(first, || bounded_line(&mut input).ok().flatten())?,
+            None => line,
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        if let Some(command) = text.trim().strip_prefix('/') {
+            match dispatch(state, command)? {
+                Flow::Continue => continue,
+                Flow::Leave => break,
+            }
+        }
+        push_user(state, &text);
+        answer(state)?;
+    }
+    Ok(())
+}
+
+/// The longest line a script may send (a turn is bounded by the context anyway).
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// The next line of `input` without its line end, refusing endless lines (`/dev/zero`).
+fn bounded_line<R: BufRead>(input: &mut R) -> Result<Option<String>> {
+    let mut line = Vec::new();
+    let read = Read::take(&mut *input, MAX_LINE_BYTES + 1)
+        .read_until(b'\n', &mut line)
+        .context("reading standard input")?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.len() as u64 > MAX_LINE_BYTES {
+        bail!("standard input: a line is longer than {MAX_LINE_BYTES} bytes");
+    }
+    if line.ends_with(b"\n") {
+        line.pop();
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| anyhow!("standard input: a line is not UTF-8 text"))
+}
+
+/// The user's message, with any images attached by /image.
+fn push_user(state: &mut ChatState, text: &str) {
+    let images = std::mem::take(&mut state.pending_images);
+    state.conversation.push_user(text, &images);
+}
+
+fn repl(state: &mut ChatState) -> Result<()> {
+    let history = history_file();
+    eprintln!("glm chat — /help for commands, Ctrl-D to leave.");
+    loop {
+        // While the editor reads, Ctrl-C reaches it and not our handler; from Enter on,
+        // a Ctrl-C is meant for the answer to this message, even before it streams.
+        crate::signals::clear_interrupt();
+        let text = match prompt_user(history.as_deref())? {
+            Prompted::Message(text) => text,
+            Prompted::Eof => break,
+            Prompted::Interrupted => {
+                eprintln!("(Ctrl-C: type /exit or press Ctrl-D to leave)");
+                continue;
+            }
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        if let Some(command) = text.trim().strip_prefix('/') {
+            match dispatch(state, command) {
+                Ok(Flow::Continue) => continue,
+                Ok(Flow::Leave) => break,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    continue;
+                }
+            }
+        }
+        push_user(state, &text);
+        if let Err(e) = answer(state) {
+            eprintln!("error: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+/// The rest of a `"""` block whose first line (after the quotes) is `first`.
+fn read_block(first: &str, mut next_line: impl FnMut() -> Option<String>) -> Result<String> {
+    if let Some(body) = first.strip_suffix("\"\"\"") {
+        return Ok(body.to_owned());
+    }
+    let mut lines = vec![first.to_owned()];
+    loop {
+        let Some(line) = next_line() else {
+            bail!("input ended inside a \"\"\" block");
+        };
+        if let Some(last) = line.strip_suffix("\"\"\"") {
+            lines.push(last.to_owned());
+            break;
+        }
+        lines.push(line);
+    }
+    Ok(lines.join("\n").trim_matches('\n').to_owned())
+}
+
+fn stats(state: &ChatState) {
+    let Some(s) = &state.last else {
+        eprintln!("(no answer yet)");
+        return;
+    };
+    eprintln!(
+        "prompt: {} new tokens evaluated ({} reused from the cache), {:.1} tok/s\n\
+         answer: {} tokens, {:.1} tok/s\n\
+         context: {} messages",
+        s.prompt_tokens,
+        s.reused_tokens,
+        s.prompt_rate(),
+        s.generated_tokens,
+        s.generation_rate(),
+        state.conversation.messages().len()
+    );
+}
+
+fn notice(state: &ChatState, text: &str) {
+    if state.interactive {
+        eprintln!("{text}");
+    }
+}
+
+/// The rendered prompt and its tokens, after dropping the fewest oldest exchanges that
+/// make it fit with room for the answer. The cut is found by bisection, so a long loaded
+/// conversation costs a few renders, not one per dropped exchange.
+fn fit_to_context(state: &mut ChatState) -> Result<(String, Vec<i32>)> {
+    let n_ctx = state.session.n_ctx();
+    let room = state.generation.max_tokens.min(n_ctx / 4);
+    if let Some(fitted) = render_if_fits(state, &state.conversation, n_ctx - room)? {
+        return Ok(fitted);
+    }
+    let cuts = state.conversation.cut_points();
+    let (mut low, mut high) = (0, cuts.len());
+    let mut best = None;
+    while low < high {
+        let middle = (low + high) / 2;
+        let mut trimmed = state.conversation.clone();
+        trimmed.drop_oldest(cuts[middle]);
+        match render_if_fits(state, &trimmed, n_ctx - room)? {
+            Some(fitted) => {
+                best = Some((cuts[middle], fitted));
+                high = middle;
+            }
+            None => low = middle + 1,
+        }
+    }
+    let Some((dropped, fitted)) = best else {
+        bail!("the message does not fit in the context of {n_ctx} tokens with room for the answer; raise --ctx-size");
+    };
+    state.conversation.drop_oldest(dropped);
+    eprintln!("(context full: dropped the oldest {dropped} messages)");
+    Ok(fitted)
+}
+
+/// The prompt and tokens of `conversation` when they fit in `limit` tokens.
+fn render_if_fits(state: &ChatState, conversation: &Conversation, limit: usize) -> Result<Option<(String, Vec<i32>)>> {
+    let prompt = state.template.render(&conversation.messages(), &state.render)?;
+    if prompt.len() / state.engine.max_token_bytes() > limit {
+        return Ok(None);
+    }
+    let tokens = state.session.tokens_for(&prompt);
+    Ok((tokens.len() <= limit).then_some((prompt, tokens)))
+}
+
+/// Renders the conversation, makes room in the context if needed, and streams the reply.
+fn answer(state: &mut ChatState) -> Result<()> {
+    let (prompt, tokens) = fit_to_context(state)?;
+    let images = state.conversation.images();
+    let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
+    let mut on_text = |text: &str| printer.push(text) && !crate::signals::interrupted();
+    let (max_tokens, sampling) = (state.generation.max_tokens, state.sampling.clone());
+    let stats = if images.is_empty() {
+        state.session.respond(&tokens, max_tokens, &sampling, &mut on_text)?
+    } else {
+        let prompt = super::place_images(&prompt, images.len())?;
+        if state.projector.is_none() {
+            let path = crate::model_source::projector_for(&state.model_path, state.projector_path.as_deref())?;
+            state.projector = Some(state.engine.load_projector(&path, state.threads)?);
+        }
+        let projector = state.projector.as_mut().context("vision projector")?;
+        state
+            .session
+            .respond_with_images(projector, &prompt, &images, max_tokens, &sampling, &mut on_text)?
+    };
+    let reply: Reply = printer.finish().context("writing the answer")?;
+    if crate::signals::take_interrupt() {
+        eprintln!("(interrupted)");
+    }
+    std::io::stdout().flush()?;
+    state
+        .conversation
+        .push_assistant(&reply.content, &reply.reasoning, &reply.tool_calls);
+    if !reply.tool_calls.is_empty() {
+        notice(state, "(give the result with /tool <json>)");
+    }
+    state.last = Some(stats);
+    Ok(())
+}
