@@ -8,7 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use glm::engine::quantize::{llama_quantize, GgmlQuantizer};
+use glm::engine::quantize::GgmlQuantizer;
+use glm::engine::reference::llama_quantize;
 use glm_convert::gguf::read_header;
 use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, Preset};
 

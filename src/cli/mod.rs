@@ -107,10 +107,10 @@ pub struct ModelArgs {
     pub gpu_layers: Option<u32>,
     /// KV cache element type: f16 saves memory, f32 is exact.
     #[arg(long = "cache-type", value_enum, default_value = "f16")]
-    pub cache_type: CacheType,
+    pub cache_type: CacheTypeArg,
     /// Flash attention (faster; on CPU it computes attention in F16).
     #[arg(long = "flash-attn", value_enum, default_value = "auto")]
-    pub flash_attention: FlashAttention,
+    pub flash_attention: FlashAttentionArg,
 }
 
 /// How the prompt is turned into tokens.
@@ -258,6 +258,43 @@ pub struct LogitsArgs {
     /// Replace the output file if it exists.
     #[arg(short = 'f', long)]
     pub force: bool,
+}
+
+/// `--cache-type`; the engine's [`CacheType`] stays free of clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheTypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl From<CacheTypeArg> for CacheType {
+    fn from(arg: CacheTypeArg) -> Self {
+        match arg {
+            CacheTypeArg::F32 => CacheType::F32,
+            CacheTypeArg::F16 => CacheType::F16,
+            CacheTypeArg::Q8_0 => CacheType::Q8_0,
+        }
+    }
+}
+
+/// `--flash-attn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlashAttentionArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<FlashAttentionArg> for FlashAttention {
+    fn from(arg: FlashAttentionArg) -> Self {
+        match arg {
+            FlashAttentionArg::Auto => FlashAttention::Auto,
+            FlashAttentionArg::On => FlashAttention::On,
+            FlashAttentionArg::Off => FlashAttention::Off,
+        }
+    }
 }
 
 /// Upper bounds for numeric flags, checked before anything is allocated.

@@ -126,8 +126,8 @@ pub fn context_options(args: &ModelArgs) -> ContextOptions {
     ContextOptions {
         ctx_size: args.ctx_size.unwrap_or(0),
         threads: args.threads.unwrap_or(cores).max(1),
-        cache_type: args.cache_type,
-        flash_attention: args.flash_attention,
+        cache_type: args.cache_type.into(),
+        flash_attention: args.flash_attention.into(),
     }
 }
 

@@ -1,0 +1,304 @@
+//! A loaded model: validation before llama.cpp reads the file, vocabulary and
+//! tokenization, contexts checked against the training length, and samplers.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Result};
+use glm_convert::gguf::check::check_model;
+use glm_convert::gguf::{ArrayValue, GgufHeader, MetaValue};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::log;
+use super::options::{ContextOptions, LoadOptions, Sampling, DEFAULT_CTX};
+use super::session::{decode_tokens, ChatSession};
+use super::GenerationStats;
+
+/// Token texts that end a GLM turn; stopped on even when a file's metadata forgets one.
+const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|>"];
+/// Tag tokens printed even when the file marks them as control tokens: the chat layer
+/// needs them to tell reasoning from the answer.
+const GLM_VISIBLE_TAGS: [&str; 2] = ["<think>", "</think>"];
+
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// llama.cpp's backend may be initialised once per process; every engine shares it.
+pub(super) fn backend() -> Result<&'static LlamaBackend> {
+    BACKEND
+        .get_or_init(|| {
+            let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            log::install();
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("initialising llama.cpp: {e}"))
+}
+
+pub struct Engine {
+    pub(super) model: LlamaModel,
+    /// The file's header as glm's reader validated it before llama.cpp saw the file.
+    pub(super) header: GgufHeader,
+    end_of_turn: Vec<LlamaToken>,
+    visible_tags: Vec<LlamaToken>,
+}
+
+impl Engine {
+    /// Loads a model GGUF. The file is validated by glm's own reader first, so that a
+    /// malformed or inconsistent file is refused with its reason before llama.cpp, which
+    /// trusts what it reads, ever parses it.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let header = glm_convert::gguf::read_file(path)?.header;
+        check_model(&header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
+        let backend = backend()?;
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(options.gpu_layers)
+            .with_vocab_only(options.vocab_only);
+        log::start_capture();
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|e| refusal(format!("{}: llama.cpp cannot load this file", path.display()), e))?;
+        let single_tokens = |texts: &[&str]| -> Vec<LlamaToken> {
+            texts
+                .iter()
+                .filter_map(|text| match model.vocab().tokenize(text.as_bytes(), false, true)[..] {
+                    [token] => Some(token),
+                    _ => None,
+                })
+                .collect()
+        };
+        let end_of_turn = single_tokens(&GLM_END_OF_TURN);
+        let visible_tags = single_tokens(&GLM_VISIBLE_TAGS);
+        Ok(Self {
+            model,
+            header,
+            end_of_turn,
+            visible_tags,
+        })
+    }
+
+    /// The context length the model was trained for.
+    pub fn n_ctx_train(&self) -> u32 {
+        self.model.n_ctx_train().max(1)
+    }
+
+    /// The context size `options` ask for, checked against the model before anything is
+    /// allocated: no more than the training context (a larger one needs memory the user
+    /// did not plan for and gives garbage past the trained length).
+    pub fn context_size(&self, options: &ContextOptions, needed: usize) -> Result<u32> {
+        let train = self.n_ctx_train();
+        let asked = if options.ctx_size == 0 {
+            DEFAULT_CTX.min(train)
+        } else {
+            options.ctx_size
+        };
+        let needed = u32::try_from(needed).unwrap_or(u32::MAX);
+        let n_ctx = asked.max(needed).max(16);
+        if n_ctx > train {
+            if needed > asked {
+                bail!("{needed} tokens need a context larger than the {train} tokens this model was trained for");
+            }
+            bail!("--ctx-size {n_ctx} is larger than the {train} tokens this model was trained for");
+        }
+        Ok(n_ctx)
+    }
+
+    /// The longest text one token stands for, in bytes (GGUF token texts are at least as
+    /// long as the bytes they decode to), so `bytes / this` tokens is a lower bound on
+    /// what a text tokenizes to.
+    pub fn max_token_bytes(&self) -> usize {
+        match self.header.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(ArrayValue::Str(tokens))) => tokens.iter().map(String::len).max().unwrap_or(1),
+            _ => usize::MAX,
+        }
+        .max(1)
+    }
+
+    /// Refuses a text that cannot fit in `n_ctx` tokens before tokenizing it (tokenizing
+    /// megabytes takes long and the result would be refused anyway).
+    pub fn check_text_fits(&self, text: &str, n_ctx: u32) -> Result<()> {
+        let at_least = text.len() / self.max_token_bytes();
+        if at_least >= n_ctx as usize {
+            bail!(
+                "the prompt ({} bytes, at least {at_least} tokens) cannot fit in a context of {n_ctx} tokens",
+                text.len()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        self.model.meta_val_str(key).ok()
+    }
+
+    pub fn chat_template(&self) -> Option<String> {
+        self.metadata("tokenizer.chat_template")
+    }
+
+    pub fn token_text(&self, id: i32) -> Option<String> {
+        let vocab = self.model.vocab();
+        let text = vocab.text(LlamaToken(id))?.to_string_lossy().into_owned();
+        Some(text)
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab().max(0) as usize
+    }
+
+    /// Tokenizes text as Hugging Face does with `add_special_tokens=False`: special
+    /// tokens written in the text become their single ids; nothing is prepended.
+    pub fn tokenize(&self, text: &str) -> Vec<i32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    pub fn is_end_of_turn(&self, token: LlamaToken) -> bool {
+        self.model.vocab().is_eog(token) || self.end_of_turn.contains(&token)
+    }
+
+    pub(super) fn check_tokens(&self, tokens: &[i32]) -> Result<Vec<LlamaToken>> {
+        let n_vocab = self.n_vocab();
+        tokens
+            .iter()
+            .map(|&t| {
+                if t < 0 || t as usize >= n_vocab {
+                    bail!("token id {t} is outside the vocabulary (0..{n_vocab})")
+                }
+                Ok(LlamaToken(t))
+            })
+            .collect()
+    }
+
+    pub(super) fn context(&self, options: &ContextOptions, min_ctx: usize) -> Result<LlamaContext<'_>> {
+        let n_ctx = self.context_size(options, min_ctx)?;
+        let batch = n_ctx.min(2048);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch)
+            .with_n_ubatch(batch.min(512))
+            .with_n_threads(options.threads)
+            .with_n_threads_batch(options.threads)
+            .with_type_k(options.cache_type.llama_type())
+            .with_type_v(options.cache_type.llama_type())
+            .with_flash_attention_policy(options.flash_attention.llama_policy());
+        log::start_capture();
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_ctx} tokens"), e))
+    }
+
+    /// Evaluates `tokens` (in batches) and returns the logits of every position when
+    /// `all_positions`, else of the last one only.
+    pub fn logits(&self, tokens: &[i32], all_positions: bool, options: &ContextOptions) -> Result<Vec<Vec<f32>>> {
+        if tokens.is_empty() {
+            bail!("no tokens to evaluate");
+        }
+        let tokens = self.check_tokens(tokens)?;
+        let mut ctx = self.context(options, tokens.len())?;
+        let last = tokens.len() - 1;
+        let mut rows = Vec::new();
+        decode_tokens(&mut ctx, &tokens, 0, &|p| all_positions || p == last, &mut |_, row| {
+            rows.push(row.to_vec())
+        })?;
+        Ok(rows)
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of
+    /// complete UTF-8 text; stops at the end of the model's turn. `on_text` returning
+    /// `false` stops early (used for Ctrl-C).
+    pub fn generate(
+        &self,
+        prompt: &[i32],
+        max_tokens: usize,
+        sampling: &Sampling,
+        options: &ContextOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats> {
+        // The context is what the user asked for; generation stops when it is full, so a
+        // huge `max_tokens` never turns into a huge allocation.
+        let mut session = ChatSession::new(self, options)?;
+        session.respond(prompt, max_tokens, sampling, on_text)
+    }
+
+    /// Text of one generated token; the reasoning tags stay visible for the chat layer.
+    pub(super) fn piece(&self, token: LlamaToken, buffer: &mut Vec<u8>) {
+        buffer.clear();
+        let show_special = self.visible_tags.contains(&token);
+        self.model
+            .vocab()
+            .token_to_piece_into(token, buffer, show_special, None);
+    }
+
+    /// Greedy token ids, for parity tests against reference continuations.
+    #[cfg(feature = "test-support")]
+    pub fn greedy_tokens(&self, prompt: &[i32], count: usize, options: &ContextOptions) -> Result<Vec<i32>> {
+        let prompt = self.check_tokens(prompt)?;
+        let mut ctx = self.context(options, prompt.len() + count)?;
+        let last = prompt.len().saturating_sub(1);
+        let mut index = decode_tokens(&mut ctx, &prompt, 0, &|p| p == last, &mut |_, _| {})?;
+        let mut sampler = LlamaSampler::greedy();
+        let mut out = Vec::with_capacity(count);
+        for position in prompt.len()..prompt.len() + count {
+            let token = sampler.sample(&ctx, index);
+            out.push(token.0);
+            index = decode_tokens(&mut ctx, &[token], position, &|_| true, &mut |_, _| {})?;
+        }
+        Ok(out)
+    }
+
+    /// llama.cpp's usual sampler order: penalties, top-k, top-p, min-p, temperature, draw.
+    /// The penalty window is at most the context (`-1` means all of it), since llama.cpp
+    /// allocates it up front.
+    pub(super) fn sampler(&self, s: &Sampling, n_ctx: usize) -> LlamaSampler {
+        let n_ctx = i32::try_from(n_ctx).unwrap_or(i32::MAX);
+        let window = if s.repeat_last_n < 0 {
+            n_ctx
+        } else {
+            s.repeat_last_n.min(n_ctx)
+        };
+        let mut chain = Vec::new();
+        if s.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(
+                self.model.n_vocab(),
+                window,
+                s.repeat_penalty,
+                0.0,
+                0.0,
+            ));
+        }
+        if s.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if s.top_k > 0 {
+                chain.push(LlamaSampler::top_k(s.top_k));
+            }
+            if s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            if s.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(s.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(s.seed));
+        }
+        LlamaSampler::chain_simple(chain)
+    }
+}
+
+/// An error for a llama.cpp call that failed: llama.cpp's own reason when it logged one,
+/// else what the binding reported.
+pub(super) fn refusal(what: String, error: impl std::fmt::Display) -> anyhow::Error {
+    match log::reason() {
+        Some(reason) => anyhow!("{what}: {reason}"),
+        None => anyhow!("{what}: {error}"),
+    }
+}

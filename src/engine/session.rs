@@ -1,0 +1,290 @@
+//! The token-generation session: a context that lives across turns and reuses its KV
+//! cache for the unchanged prefix of each new prompt, streaming whole characters.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use super::model::Engine;
+use super::options::{ContextOptions, Sampling};
+
+#[derive(Debug, Clone, Default)]
+pub struct GenerationStats {
+    /// Prompt tokens evaluated for this reply (those already in the KV cache are not).
+    pub prompt_tokens: usize,
+    /// Prompt tokens reused from the KV cache of earlier turns.
+    pub reused_tokens: usize,
+    pub prompt_time: Duration,
+    pub generated_tokens: usize,
+    pub generation_time: Duration,
+    /// True when the model ended its turn (not the token limit).
+    pub stopped_at_end_of_turn: bool,
+}
+
+impl GenerationStats {
+    /// Prompt tokens evaluated per second.
+    pub fn prompt_rate(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prompt_time)
+    }
+
+    /// Tokens generated per second.
+    pub fn generation_rate(&self) -> f64 {
+        per_second(self.generated_tokens, self.generation_time)
+    }
+}
+
+fn per_second(count: usize, time: Duration) -> f64 {
+    count as f64 / time.as_secs_f64().max(1e-9)
+}
+
+/// A context that lives across turns: each reply evaluates only the part of the new
+/// prompt that differs from what the KV cache already holds.
+pub struct ChatSession<'m> {
+    engine: &'m Engine,
+    pub(super) ctx: LlamaContext<'m>,
+    /// Tokens whose keys and values are in the cache, in position order.
+    cached: Vec<LlamaToken>,
+    /// The text those tokens stand for, and where each token's text ends in it.
+    cached_text: Vec<u8>,
+    token_ends: Vec<usize>,
+    /// Position of the next token (images take positions that are not tokens).
+    pub(super) next_position: usize,
+    /// Set after an image turn: the cache cannot be matched against text any more.
+    pub(super) positions_untracked: bool,
+}
+
+impl<'m> ChatSession<'m> {
+    pub fn new(engine: &'m Engine, options: &ContextOptions) -> Result<Self> {
+        Ok(Self {
+            engine,
+            ctx: engine.context(options, 0)?,
+            cached: Vec::new(),
+            cached_text: Vec::new(),
+            token_ends: Vec::new(),
+            next_position: 0,
+            positions_untracked: false,
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.ctx.n_ctx() as usize
+    }
+
+    /// Forgets the cache (a new conversation).
+    pub fn clear(&mut self) {
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+        self.cached_text.clear();
+        self.token_ends.clear();
+        self.next_position = 0;
+        self.positions_untracked = false;
+    }
+
+    /// Tokens for a rendered conversation that reuse the cached tokens wherever the text
+    /// is the same. Re-tokenizing the whole text would not give back the tokens the model
+    /// generated (tokenization is not unique), and every turn would then re-evaluate the
+    /// previous answer.
+    pub fn tokens_for(&self, prompt: &str) -> Vec<i32> {
+        let same = self
+            .cached_text
+            .iter()
+            .zip(prompt.as_bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let keep = self.token_ends.iter().take_while(|&&end| end <= same).count();
+        let boundary = if keep == 0 { 0 } else { self.token_ends[keep - 1] };
+        let rest = match prompt.get(boundary..) {
+            Some(rest) => rest,
+            None => return self.engine.tokenize(prompt),
+        };
+        let mut tokens: Vec<i32> = self.cached[..keep].iter().map(|t| t.0).collect();
+        tokens.extend(self.engine.tokenize(rest));
+        tokens
+    }
+
+    fn remember(&mut self, token: LlamaToken, text: &[u8]) {
+        self.cached.push(token);
+        self.cached_text.extend_from_slice(text);
+        self.token_ends.push(self.cached_text.len());
+    }
+
+    /// Evaluates `prompt` (reusing the cached prefix) and generates the reply.
+    pub fn respond(
+        &mut self,
+        prompt: &[i32],
+        max_tokens: usize,
+        sampling: &Sampling,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats> {
+        if self.positions_untracked {
+            // An image turn left positions that do not follow the token count.
+            self.clear();
+        }
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        let prompt = self.engine.check_tokens(prompt)?;
+        if prompt.len() >= self.n_ctx() {
+            bail!(
+                "the prompt has {} tokens; the context holds {}",
+                prompt.len(),
+                self.n_ctx()
+            );
+        }
+        // At least the last prompt token is evaluated again, to get fresh logits.
+        let reused = common_prefix(&self.cached, &prompt).min(prompt.len() - 1);
+        self.forget_from(reused)?;
+        let started = Instant::now();
+        let mut piece = Vec::new();
+        for token in &prompt[reused..] {
+            piece.clear();
+            self.engine
+                .model
+                .vocab()
+                .token_to_piece_into(*token, &mut piece, true, None);
+            self.remember(*token, &piece);
+        }
+        let last = prompt.len() - 1;
+        let logits_index = decode_tokens(&mut self.ctx, &prompt[reused..], reused, &|p| p == last, &mut |_, _| {})?;
+        let stats = GenerationStats {
+            prompt_tokens: prompt.len() - reused,
+            reused_tokens: reused,
+            prompt_time: started.elapsed(),
+            ..Default::default()
+        };
+
+        self.next_position = self.cached.len();
+        self.generate_reply(logits_index, &prompt, max_tokens, sampling, &mut on_text, stats)
+    }
+
+    /// Samples the reply after a prompt whose logits sit at `logits_index` of the last
+    /// batch, streaming text to `on_text`.
+    pub(super) fn generate_reply(
+        &mut self,
+        logits_index: i32,
+        prompt: &[LlamaToken],
+        max_tokens: usize,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> bool,
+        mut stats: GenerationStats,
+    ) -> Result<GenerationStats> {
+        let mut sampler = self.engine.sampler(sampling, self.n_ctx());
+        sampler.accept_many(prompt.iter());
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let (mut piece, mut text) = (Vec::new(), String::new());
+        let mut index = logits_index;
+        let started = Instant::now();
+        while stats.generated_tokens < max_tokens && self.next_position < self.n_ctx() {
+            let token = sampler.sample(&self.ctx, index);
+            if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
+                stats.stopped_at_end_of_turn = true;
+                break;
+            }
+            stats.generated_tokens += 1;
+            self.engine.piece(token, &mut piece);
+            decode_piece(&mut decoder, &piece, &mut text);
+            // Shown before the next forward pass, not after it; a stop here leaves the token
+            // out of the cache, and the next turn evaluates its text again.
+            if !text.is_empty() && !on_text(&text) {
+                break;
+            }
+            let position = self.next_position;
+            self.next_position += 1;
+            self.remember(token, &piece);
+            index = decode_tokens(&mut self.ctx, &[token], position, &|_| true, &mut |_, _| {})?;
+        }
+        stats.generation_time = started.elapsed();
+        Ok(stats)
+    }
+
+    fn forget_from(&mut self, position: usize) -> Result<()> {
+        if position < self.cached.len() {
+            self.ctx
+                .clear_kv_cache_seq(Some(0), Some(position as u32), None)
+                .map_err(|e| anyhow!("cannot trim the KV cache: {e}"))?;
+            self.cached.truncate(position);
+            self.token_ends.truncate(position);
+            self.cached_text.truncate(self.token_ends.last().copied().unwrap_or(0));
+        }
+        Ok(())
+    }
+}
+
+/// Evaluates `tokens` at positions `first..`, in batches the context accepts; logits are
+/// computed only where `wanted(position)` and handed to `on_logits`. Returns the batch
+/// index of the last token's logits, which a sampler reads next. The one decode loop of
+/// `logits`, prompt evaluation and generation.
+pub(super) fn decode_tokens(
+    ctx: &mut LlamaContext,
+    tokens: &[LlamaToken],
+    first: usize,
+    wanted: &dyn Fn(usize) -> bool,
+    on_logits: &mut dyn FnMut(usize, &[f32]),
+) -> Result<i32> {
+    let n_batch = (ctx.n_batch() as usize).max(1);
+    let mut last_index = -1;
+    for (chunk_index, chunk) in tokens.chunks(n_batch).enumerate() {
+        let start = first + chunk_index * n_batch;
+        let mut batch = LlamaBatch::new(chunk.len(), 1);
+        for (i, token) in chunk.iter().enumerate() {
+            batch.add(*token, (start + i) as i32, &[0], wanted(start + i))?;
+        }
+        ctx.decode(&mut batch)
+            .context("llama.cpp failed to evaluate the tokens")?;
+        for i in (0..chunk.len()).filter(|&i| wanted(start + i)) {
+            on_logits(start + i, ctx.get_logits_ith(i as i32));
+        }
+        last_index = chunk.len() as i32 - 1;
+    }
+    Ok(last_index)
+}
+
+/// Appends the complete characters of a token's bytes to a cleared `text`; a character
+/// split across tokens waits in `decoder` for the next piece, and bytes that are not
+/// UTF-8 become U+FFFD. Room is made for the decoder's worst case first: it writes only
+/// what fits and would otherwise drop the rest.
+fn decode_piece(decoder: &mut encoding_rs::Decoder, piece: &[u8], text: &mut String) {
+    text.clear();
+    let mut rest = piece;
+    loop {
+        text.reserve(decoder.max_utf8_buffer_length(rest.len()).unwrap_or(rest.len() * 3 + 4));
+        let (result, read, _) = decoder.decode_to_string(rest, text, false);
+        rest = &rest[read..];
+        if result == encoding_rs::CoderResult::InputEmpty {
+            return;
+        }
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_bytes_are_replaced_not_lost() {
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let mut text = String::new();
+        decode_piece(&mut decoder, &[0xff; 16], &mut text);
+        assert_eq!(text, "\u{fffd}".repeat(16));
+        decode_piece(&mut decoder, "añb".as_bytes(), &mut text);
+        assert_eq!(text, "añb");
+    }
+
+    #[test]
+    fn a_character_split_across_pieces_arrives_whole() {
+        let mut decoder = encoding_rs::UTF_8.new_decoder();
+        let mut text = String::new();
+        let bytes = "你".as_bytes();
+        decode_piece(&mut decoder, &bytes[..1], &mut text);
+        assert_eq!(text, "");
+        decode_piece(&mut decoder, &bytes[1..], &mut text);
+        assert_eq!(text, "你");
+    }
+}
