@@ -60,7 +60,7 @@ pub fn convert_mmproj(
     let preset = Preset {
         name: ty.name().to_lowercase(),
         description: "mmproj".into(),
-        file_type: file_type(ty),
+        file_type: file_type(ty)?,
         default: ty,
         rules: Vec::new(),
         fallback: Default::default(),
@@ -89,13 +89,17 @@ pub fn convert_mmproj(
     }))
 }
 
-fn file_type(ty: GgmlType) -> u32 {
+/// llama.cpp's `general.file_type` for the projector types `--mmproj-type` offers.
+fn file_type(ty: GgmlType) -> Result<u32> {
     match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q8_0 => 7,
-        GgmlType::BF16 => 32,
-        _ => 1,
+        GgmlType::F32 => Ok(0),
+        GgmlType::F16 => Ok(1),
+        GgmlType::Q8_0 => Ok(7),
+        GgmlType::BF16 => Ok(32),
+        other => Err(ConvertError::Invalid(format!(
+            "a vision projector cannot be {}; use f32, f16, bf16 or q8_0",
+            other.name()
+        ))),
     }
 }
 

@@ -45,7 +45,7 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    /// Every type a GGUF file may hold.
+    /// Every type a GGUF file may hold; those glm writes come first.
     pub const KNOWN: [GgmlType; 35] = [
         GgmlType::F32,
         GgmlType::F16,
@@ -84,31 +84,8 @@ impl GgmlType {
         GgmlType::Q2_0,
     ];
 
-    /// The types glm can write (presets choose among these).
-    pub const ALL: [GgmlType; 22] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2K,
-        GgmlType::Q3K,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-        GgmlType::IQ2XXS,
-        GgmlType::IQ2XS,
-        GgmlType::IQ3XXS,
-        GgmlType::IQ1S,
-        GgmlType::IQ4NL,
-        GgmlType::IQ3S,
-        GgmlType::IQ2S,
-        GgmlType::IQ4XS,
-        GgmlType::IQ1M,
-    ];
+    /// The types glm can write (presets choose among these): the first of [`Self::KNOWN`].
+    pub const ALL: &'static [GgmlType] = Self::KNOWN.split_at(22).0;
 
     /// (ggml id, elements per block, bytes per block, name)
     fn facts(self) -> (u32, u64, u64, &'static str) {
@@ -168,7 +145,10 @@ impl GgmlType {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        GgmlType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+        GgmlType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     pub fn from_id(id: u32) -> Option<Self> {

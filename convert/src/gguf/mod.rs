@@ -94,6 +94,26 @@ impl ValueType {
     }
 }
 
+/// Runs `$body` with `$v` bound to the elements of whichever array `$array` is.
+macro_rules! each_array {
+    ($array:expr, $v:ident => $body:expr) => {
+        match $array {
+            ArrayValue::U8($v) => $body,
+            ArrayValue::I8($v) => $body,
+            ArrayValue::U16($v) => $body,
+            ArrayValue::I16($v) => $body,
+            ArrayValue::U32($v) => $body,
+            ArrayValue::I32($v) => $body,
+            ArrayValue::F32($v) => $body,
+            ArrayValue::Bool($v) => $body,
+            ArrayValue::Str($v) => $body,
+            ArrayValue::U64($v) => $body,
+            ArrayValue::I64($v) => $body,
+            ArrayValue::F64($v) => $body,
+        }
+    };
+}
+
 impl ArrayValue {
     pub fn element_type(&self) -> ValueType {
         match self {
@@ -113,20 +133,7 @@ impl ArrayValue {
     }
 
     pub fn len(&self) -> usize {
-        match self {
-            ArrayValue::U8(v) => v.len(),
-            ArrayValue::I8(v) => v.len(),
-            ArrayValue::U16(v) => v.len(),
-            ArrayValue::I16(v) => v.len(),
-            ArrayValue::U32(v) => v.len(),
-            ArrayValue::I32(v) => v.len(),
-            ArrayValue::F32(v) => v.len(),
-            ArrayValue::Bool(v) => v.len(),
-            ArrayValue::Str(v) => v.len(),
-            ArrayValue::U64(v) => v.len(),
-            ArrayValue::I64(v) => v.len(),
-            ArrayValue::F64(v) => v.len(),
-        }
+        each_array!(self, v => v.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,17 +143,20 @@ impl ArrayValue {
     /// Integer elements as i128 (wide enough for every integer type); `None` for other
     /// element types.
     pub fn integers(&self) -> Option<Vec<i128>> {
-        Some(match self {
-            ArrayValue::U8(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::I8(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::U16(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::I16(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::U32(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::I32(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::U64(v) => v.iter().map(|&x| x.into()).collect(),
-            ArrayValue::I64(v) => v.iter().map(|&x| x.into()).collect(),
-            _ => return None,
-        })
+        fn widen<T: Copy + Into<i128>>(v: &[T]) -> Option<Vec<i128>> {
+            Some(v.iter().map(|&x| x.into()).collect())
+        }
+        match self {
+            ArrayValue::U8(v) => widen(v),
+            ArrayValue::I8(v) => widen(v),
+            ArrayValue::U16(v) => widen(v),
+            ArrayValue::I16(v) => widen(v),
+            ArrayValue::U32(v) => widen(v),
+            ArrayValue::I32(v) => widen(v),
+            ArrayValue::U64(v) => widen(v),
+            ArrayValue::I64(v) => widen(v),
+            ArrayValue::F32(_) | ArrayValue::F64(_) | ArrayValue::Bool(_) | ArrayValue::Str(_) => None,
+        }
     }
 }
 
@@ -201,45 +211,30 @@ impl MetaValue {
     }
 }
 
-impl From<Vec<String>> for MetaValue {
-    fn from(v: Vec<String>) -> Self {
-        MetaValue::Array(ArrayValue::Str(v))
-    }
+/// `From` conversions into metadata values, one variant each.
+macro_rules! meta_from {
+    ($($t:ty => $variant:expr),* $(,)?) => {
+        $(impl From<$t> for MetaValue {
+            fn from(v: $t) -> Self {
+                $variant(v)
+            }
+        })*
+    };
 }
-impl From<Vec<i32>> for MetaValue {
-    fn from(v: Vec<i32>) -> Self {
-        MetaValue::Array(ArrayValue::I32(v))
-    }
-}
-impl From<Vec<f32>> for MetaValue {
-    fn from(v: Vec<f32>) -> Self {
-        MetaValue::Array(ArrayValue::F32(v))
-    }
-}
+
+meta_from!(
+    Vec<String> => |v| MetaValue::Array(ArrayValue::Str(v)),
+    Vec<i32> => |v| MetaValue::Array(ArrayValue::I32(v)),
+    Vec<f32> => |v| MetaValue::Array(ArrayValue::F32(v)),
+    String => MetaValue::Str,
+    u32 => MetaValue::U32,
+    f32 => MetaValue::F32,
+    bool => MetaValue::Bool,
+);
 
 impl From<&str> for MetaValue {
     fn from(s: &str) -> Self {
         MetaValue::Str(s.to_owned())
-    }
-}
-impl From<String> for MetaValue {
-    fn from(s: String) -> Self {
-        MetaValue::Str(s)
-    }
-}
-impl From<u32> for MetaValue {
-    fn from(v: u32) -> Self {
-        MetaValue::U32(v)
-    }
-}
-impl From<f32> for MetaValue {
-    fn from(v: f32) -> Self {
-        MetaValue::F32(v)
-    }
-}
-impl From<bool> for MetaValue {
-    fn from(v: bool) -> Self {
-        MetaValue::Bool(v)
     }
 }
 
@@ -352,19 +347,35 @@ fn write_value<W: Write>(w: &mut W, value: &MetaValue) -> io::Result<()> {
 fn write_array<W: Write>(w: &mut W, items: &ArrayValue) -> io::Result<()> {
     w.write_all(&(items.element_type() as u32).to_le_bytes())?;
     w.write_all(&(items.len() as u64).to_le_bytes())?;
-    match items {
-        ArrayValue::U8(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::I8(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::U16(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::I16(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::U32(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::I32(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::F32(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::Bool(v) => v.iter().try_for_each(|x| w.write_all(&[u8::from(*x)])),
-        ArrayValue::Str(v) => v.iter().try_for_each(|s| write_string(w, s)),
-        ArrayValue::U64(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::I64(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
-        ArrayValue::F64(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+    each_array!(items, v => v.iter().try_for_each(|x| x.write_le(w)))
+}
+
+/// One array element in GGUF's little-endian encoding.
+trait WriteLe {
+    fn write_le<W: Write>(&self, w: &mut W) -> io::Result<()>;
+}
+
+macro_rules! write_le_bytes {
+    ($($t:ty),*) => {
+        $(impl WriteLe for $t {
+            fn write_le<W: Write>(&self, w: &mut W) -> io::Result<()> {
+                w.write_all(&self.to_le_bytes())
+            }
+        })*
+    };
+}
+
+write_le_bytes!(u8, i8, u16, i16, u32, i32, f32, u64, i64, f64);
+
+impl WriteLe for bool {
+    fn write_le<W: Write>(&self, w: &mut W) -> io::Result<()> {
+        w.write_all(&[u8::from(*self)])
+    }
+}
+
+impl WriteLe for String {
+    fn write_le<W: Write>(&self, w: &mut W) -> io::Result<()> {
+        write_string(w, self)
     }
 }
 

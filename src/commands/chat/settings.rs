@@ -10,75 +10,75 @@ use crate::cli;
 struct Setting {
     name: &'static str,
     aliases: &'static [&'static str],
-    apply: fn(&mut ChatState, &str) -> Result<()>,
+    value: Value,
+}
+
+/// Where in the chat's state a setting lives.
+type Field<T> = for<'a, 'e> fn(&'a mut ChatState<'e>) -> &'a mut T;
+
+/// What a setting holds, how its text is checked, and where it goes.
+enum Value {
+    Float(fn(&str) -> Result<f32, String>, Field<f32>),
+    Integer(i64, i64, Field<i32>),
+    Seed(Field<u32>),
+    Count(Field<usize>),
 }
 
 const SETTINGS: &[Setting] = &[
     Setting {
         name: "temp",
         aliases: &["temperature"],
-        apply: |state, value| {
-            state.sampling.temperature = float(cli::temperature, value)?;
-            Ok(())
-        },
+        value: Value::Float(cli::temperature, |s| &mut s.sampling.temperature),
     },
     Setting {
         name: "top-k",
         aliases: &[],
-        apply: |state, value| {
-            state.sampling.top_k = integer(value, 0..=i64::from(i32::MAX))?;
-            Ok(())
-        },
+        value: Value::Integer(0, i32::MAX as i64, |s| &mut s.sampling.top_k),
     },
     Setting {
         name: "top-p",
         aliases: &[],
-        apply: |state, value| {
-            state.sampling.top_p = float(cli::probability, value)?;
-            Ok(())
-        },
+        value: Value::Float(cli::probability, |s| &mut s.sampling.top_p),
     },
     Setting {
         name: "min-p",
         aliases: &[],
-        apply: |state, value| {
-            state.sampling.min_p = float(cli::probability, value)?;
-            Ok(())
-        },
+        value: Value::Float(cli::probability, |s| &mut s.sampling.min_p),
     },
     Setting {
         name: "repeat-penalty",
         aliases: &[],
-        apply: |state, value| {
-            state.sampling.repeat_penalty = float(cli::penalty, value)?;
-            Ok(())
-        },
+        value: Value::Float(cli::penalty, |s| &mut s.sampling.repeat_penalty),
     },
     Setting {
         name: "repeat-last-n",
         aliases: &[],
-        apply: |state, value| {
-            state.sampling.repeat_last_n = integer(value, -1..=i64::from(cli::MAX_CTX))?;
-            Ok(())
-        },
+        value: Value::Integer(-1, cli::MAX_CTX as i64, |s| &mut s.sampling.repeat_last_n),
     },
     Setting {
         name: "seed",
         aliases: &[],
-        apply: |state, value| {
-            state.sampling.seed = value.parse().with_context(|| format!("{value:?} is not a seed"))?;
-            Ok(())
-        },
+        value: Value::Seed(|s| &mut s.sampling.seed),
     },
     Setting {
         name: "max-tokens",
         aliases: &[],
-        apply: |state, value| {
-            state.generation.max_tokens = cli::max_tokens(value).map_err(|e| anyhow!(e))?;
-            Ok(())
-        },
+        value: Value::Count(|s| &mut s.generation.max_tokens),
     },
 ];
+
+impl Value {
+    /// Checks `text` and stores it.
+    fn apply(&self, state: &mut ChatState, text: &str) -> Result<()> {
+        match self {
+            Value::Float(parse, field) => *field(state) = parse(text).map_err(|e| anyhow!(e))?,
+            Value::Integer(low, high, field) => *field(state) = integer(text, *low..=*high)?,
+            Value::Seed(field) => *field(state) = text.parse().with_context(|| format!("{text:?} is not a seed"))?,
+            Value::Count(field) => *field(state) = cli::max_tokens(text).map_err(|e| anyhow!(e))?,
+        }
+        Ok(())
+    }
+}
 
 /// The names `/help` lists.
 pub(super) fn names() -> Vec<&'static str> {
@@ -94,13 +94,9 @@ pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
     let Some(setting) = SETTINGS.iter().find(|s| s.name == name || s.aliases.contains(&name)) else {
         bail!("unknown parameter {name:?} ({})", names().join(", "));
     };
-    (setting.apply)(state, value).map_err(|e| anyhow!("{name}: {e}"))?;
+    setting.value.apply(state, value).map_err(|e| anyhow!("{name}: {e}"))?;
     notice(state, &format!("({name} = {value})"));
     Ok(())
-}
-
-fn float(parse: fn(&str) -> Result<f32, String>, value: &str) -> Result<f32> {
-    parse(value).map_err(|e| anyhow!(e))
 }
 
 fn integer(value: &str, range: std::ops::RangeInclusive<i64>) -> Result<i32> {
