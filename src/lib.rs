@@ -4,10 +4,18 @@
 //! touches llama.cpp; `chat` renders conversations with the model's template; the
 //! `glm-convert` crate turns Hugging Face checkpoints into GGUF files.
 
+//!
+//! The library's surface is what the binary and the tests use: [`run`] (the whole CLI),
+//! [`install_signal_handlers`], and the `chat` and `engine` layers; everything else is
+//! private, so the compiler reports what nothing uses.
+
 pub mod chat;
-pub mod cli;
-pub mod commands;
+mod cli;
+mod commands;
 pub mod engine;
-pub mod model_source;
-pub mod progress;
-pub mod signals;
+mod model_source;
+mod progress;
+mod signals;
+
+pub use cli::run;
+pub use signals::install as install_signal_handlers;

@@ -1,9 +1,9 @@
 fn main() -> std::process::ExitCode {
-    if let Err(e) = glm::signals::install() {
+    if let Err(e) = glm::install_signal_handlers() {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
-    match glm::cli::run() {
+    match glm::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line: the outermost message and its causes.

@@ -40,6 +40,65 @@ pub struct Vocabulary {
     by_text: HashMap<String, u32>,
 }
 
+/// Token texts and types by id while a vocabulary is being assembled.
+struct TokenTable<'p> {
+    path: &'p Path,
+    tokens: Vec<Option<String>>,
+    types: Vec<i32>,
+}
+
+impl<'p> TokenTable<'p> {
+    fn new(path: &'p Path, vocab_size: usize) -> Self {
+        Self {
+            path,
+            tokens: vec![None; vocab_size],
+            types: vec![TOKEN_UNUSED; vocab_size],
+        }
+    }
+
+    /// Gives `id` its text and type. Added tokens may restate (`replaces`) a vocabulary
+    /// entry; two different texts for one id in the same list would silently lose one.
+    fn place(&mut self, id: u64, text: &str, kind: i32, replaces: bool) -> Result<()> {
+        let vocab_size = self.tokens.len();
+        let slot = self.tokens.get_mut(id as usize).ok_or_else(|| {
+            tokenizer_error(
+                self.path,
+                format!("token {text:?} has id {id}, outside the model's vocab_size {vocab_size}"),
+            )
+        })?;
+        if let Some(other) = slot.as_deref().filter(|other| *other != text && !replaces) {
+            return Err(tokenizer_error(
+                self.path,
+                format!("id {id} is given to both {other:?} and {text:?}"),
+            ));
+        }
+        *slot = Some(text.to_owned());
+        self.types[id as usize] = kind;
+        Ok(())
+    }
+
+    fn place_added(&mut self, added: &[AddedToken]) -> Result<()> {
+        let mut added_ids = HashMap::new();
+        for token in added {
+            if let Some(other) = added_ids.insert(token.id, &token.content) {
+                if *other != token.content {
+                    return Err(tokenizer_error(
+                        self.path,
+                        format!("added tokens {other:?} and {:?} share id {}", token.content, token.id),
+                    ));
+                }
+            }
+            let kind = if token.special || looks_special(&token.content) {
+                TOKEN_CONTROL
+            } else {
+                TOKEN_USER_DEFINED
+            };
+            self.place(u64::from(token.id), &token.content, kind, true)?;
+        }
+        Ok(())
+    }
+}
+
 impl Vocabulary {
     /// Reads `tokenizer.json` and pads the token list to `vocab_size` (the embedding
     /// row count), since llama.cpp checks the two agree.
@@ -67,50 +126,15 @@ impl Vocabulary {
             .ok_or_else(|| tokenizer_error(&path, "no `model.vocab` object"))?;
         let added = added_tokens(&json, &path)?;
 
-        let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
-        let mut types = vec![TOKEN_UNUSED; vocab_size];
-        // Added tokens may restate a vocabulary entry; two different texts for one id in
-        // the same list would silently lose one of them.
-        let mut place = |id: u64, text: &str, kind: i32, replaces: bool| -> Result<()> {
-            let slot = tokens.get_mut(id as usize).ok_or_else(|| {
-                tokenizer_error(
-                    &path,
-                    format!("token {text:?} has id {id}, outside the model's vocab_size {vocab_size}"),
-                )
-            })?;
-            if let Some(other) = slot.as_deref().filter(|other| *other != text && !replaces) {
-                return Err(tokenizer_error(
-                    &path,
-                    format!("id {id} is given to both {other:?} and {text:?}"),
-                ));
-            }
-            *slot = Some(text.to_owned());
-            types[id as usize] = kind;
-            Ok(())
-        };
+        let mut table = TokenTable::new(&path, vocab_size);
         for (text, id) in vocab {
             let id = id
                 .as_u64()
                 .ok_or_else(|| tokenizer_error(&path, format!("vocab entry {text:?} has no integer id")))?;
-            place(id, text, TOKEN_NORMAL, false)?;
+            table.place(id, text, TOKEN_NORMAL, false)?;
         }
-        let mut added_ids = std::collections::HashMap::new();
-        for token in &added {
-            if let Some(other) = added_ids.insert(token.id, &token.content) {
-                if *other != token.content {
-                    return Err(tokenizer_error(
-                        &path,
-                        format!("added tokens {other:?} and {:?} share id {}", token.content, token.id),
-                    ));
-                }
-            }
-            let kind = if token.special || looks_special(&token.content) {
-                TOKEN_CONTROL
-            } else {
-                TOKEN_USER_DEFINED
-            };
-            place(u64::from(token.id), &token.content, kind, true)?;
-        }
+        table.place_added(&added)?;
+        let TokenTable { tokens, types, .. } = table;
         let tokens: Vec<String> = tokens
             .into_iter()
             .enumerate()

@@ -22,8 +22,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
             &args.images,
         )?;
         let context = super::context_options(&args.model);
-        let projector_path = crate::model_source::projector_for(&model_path, args.mmproj.as_deref())?;
-        let mut projector = engine.load_projector(&projector_path, context.threads)?;
+        let mut projector = super::load_projector(&engine, &model_path, args.mmproj.as_deref(), context.threads)?;
         let mut session = ChatSession::new(&engine, &context)?;
         let (tokens, logits) = session.logits_with_images(&mut projector, &text, &args.images)?;
         return write_json(

@@ -106,10 +106,6 @@ pub fn text_argument(text: &str) -> Result<String> {
     String::from_utf8(buffer).map_err(|_| anyhow::anyhow!("standard input: the prompt is not UTF-8 text"))
 }
 
-pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
-    Ok(load_engine_and_path(args)?.0)
-}
-
 /// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
 pub fn load_engine_and_path(args: &ModelArgs) -> Result<(Engine, PathBuf)> {
     let path = crate::model_source::resolve(&args.model)?;
@@ -129,6 +125,18 @@ pub fn context_options(args: &ModelArgs) -> ContextOptions {
         cache_type: args.cache_type.into(),
         flash_attention: args.flash_attention.into(),
     }
+}
+
+/// The vision projector for the model at `model_path` (`explicit` when given, else the
+/// one found beside the model), loaded and checked against the model.
+pub fn load_projector(
+    engine: &Engine,
+    model_path: &std::path::Path,
+    explicit: Option<&std::path::Path>,
+    threads: i32,
+) -> Result<crate::engine::Projector> {
+    let path = crate::model_source::projector_for(model_path, explicit)?;
+    engine.load_projector(&path, threads)
 }
 
 /// Where the template puts an image; libmtmd adds the begin/end tokens itself.

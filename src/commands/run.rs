@@ -18,8 +18,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let tokens = engine.tokenize(&prompt);
         engine.generate(&tokens, args.generation.max_tokens, &sampling, &context, &mut on_text)?
     } else {
-        let projector_path = crate::model_source::projector_for(&model_path, args.mmproj.as_deref())?;
-        let mut projector = engine.load_projector(&projector_path, context.threads)?;
+        let mut projector = super::load_projector(&engine, &model_path, args.mmproj.as_deref(), context.threads)?;
         let mut session = ChatSession::new(&engine, &context)?;
         session.respond_with_images(
             &mut projector,

@@ -263,8 +263,12 @@ fn answer(state: &mut ChatState) -> Result<()> {
     } else {
         let prompt = super::place_images(&prompt, images.len())?;
         if state.projector.is_none() {
-            let path = crate::model_source::projector_for(&state.model_path, state.projector_path.as_deref())?;
-            state.projector = Some(state.engine.load_projector(&path, state.threads)?);
+            state.projector = Some(super::load_projector(
+                state.engine,
+                &state.model_path,
+                state.projector_path.as_deref(),
+                state.threads,
+            )?);
         }
         let projector = state.projector.as_mut().context("vision projector")?;
         state
