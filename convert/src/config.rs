@@ -397,3 +397,203 @@ impl HfConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A minimal dense config with `edit` applied, loaded from a temporary folder.
+    fn load(edit: impl FnOnce(&mut Value)) -> (tempfile::TempDir, Result<HfConfig>) {
+        let mut config = json!({
+            "architectures": ["Glm4ForCausalLM"],
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "max_position_embeddings": 2048,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "rms_norm_eps": 1e-5,
+        });
+        edit(&mut config);
+        let dir = tempfile::tempdir().expect("temporary folder");
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
+        let loaded = HfConfig::load(dir.path());
+        (dir, loaded)
+    }
+
+    fn error_of(edit: impl FnOnce(&mut Value)) -> String {
+        let (dir, loaded) = load(edit);
+        let message = loaded.expect_err("config should be refused").to_string();
+        let file = dir.path().join("config.json");
+        assert!(message.starts_with(&format!("{}: ", file.display())), "{message}");
+        message
+    }
+
+    #[test]
+    fn alias_reads_the_same_field() {
+        let (_dir, config) = load(|c| {
+            c.as_object_mut().expect("object").remove("num_hidden_layers");
+            c["num_layers"] = json!(3);
+        });
+        assert_eq!(config.expect("loads").text().num_hidden_layers, 3);
+    }
+
+    #[test]
+    fn canonical_name_wins_over_its_alias_in_either_order() {
+        let (_dir, config) = load(|c| c["num_layers"] = json!(7));
+        assert_eq!(config.expect("loads").text().num_hidden_layers, 2);
+        let (_dir, config) = load(|c| {
+            c["rope_scaling"] = json!({"rope_type": "yarn", "type": "linear", "factor": 4.0});
+        });
+        let config = config.expect("loads");
+        let scaling = config.rope_scaling().expect("a scaling");
+        assert_eq!(scaling.rope_type.as_deref(), Some("yarn"));
+        let (_dir, config) =
+            load(|c| c["rope_scaling"] = json!({"type": "linear", "rope_type": "yarn", "factor": 4.0}));
+        assert_eq!(
+            config
+                .expect("loads")
+                .rope_scaling()
+                .and_then(|s| s.rope_type.clone())
+                .as_deref(),
+            Some("yarn")
+        );
+    }
+
+    #[test]
+    fn absent_and_null_fields_take_their_defaults() {
+        let (_dir, config) = load(|c| c["tie_word_embeddings"] = Value::Null);
+        let config = config.expect("loads");
+        assert!(!config.text().tie_word_embeddings);
+        assert_eq!(config.text().num_nextn_predict_layers, 0);
+        assert_eq!(config.rotary_fraction(), DEFAULT_ROTARY_FRACTION);
+        assert_eq!(config.head_dim().expect("head_dim"), 32);
+        let (_dir, config) = load(|c| {
+            c["n_routed_experts"] = json!(8);
+            c["num_experts_per_tok"] = json!(2);
+            c["moe_intermediate_size"] = json!(64);
+        });
+        let moe = config.expect("loads").moe().expect("MoE fields");
+        assert_eq!(
+            (moe.routed_scaling_factor, moe.norm_topk_prob, moe.n_shared_experts),
+            (1.0, true, 0)
+        );
+    }
+
+    #[test]
+    fn rope_fields_are_found_under_rope_parameters() {
+        let (_dir, config) = load(|c| {
+            c["rope_parameters"] = json!({"rope_theta": 5e5, "partial_rotary_factor": 1.0, "mrope_section": [2, 3, 3]});
+        });
+        let config = config.expect("loads");
+        assert_eq!(config.rope_theta(), Some(5e5));
+        assert_eq!(config.rotary_fraction(), 1.0);
+        assert_eq!(config.mrope_section(), Some(&[2, 3, 3][..]));
+        // transformers 5's "default" type is no scaling.
+        assert!(config.rope_scaling().is_none());
+        let (_dir, config) = load(|c| {
+            c["rope_theta"] = json!(1e4);
+            c["rope_parameters"] = json!({"rope_theta": 5e5});
+        });
+        assert_eq!(config.expect("loads").rope_theta(), Some(1e4));
+    }
+
+    #[test]
+    fn text_config_wins_over_the_top_level() {
+        let (_dir, config) = load(|c| {
+            c["text_config"] = json!({"hidden_size": 256, "eos_token_id": [1, 2], "pad_token_id": 5});
+            c["vision_config"] = json!({
+                "depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+                "patch_size": 14, "image_size": 56,
+            });
+        });
+        let config = config.expect("loads");
+        assert_eq!(config.text().hidden_size, 256);
+        assert_eq!(config.text().num_attention_heads, 4);
+        // Several EOS ids name no single one.
+        assert_eq!(
+            (config.text().token_id("eos"), config.text().token_id("pad")),
+            (None, Some(5))
+        );
+        let vision = config.vision().expect("a vision tower");
+        assert_eq!(
+            (vision.depth, vision.hidden_act.as_str(), vision.rms_norm_eps),
+            (2, "silu", 1e-5)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_value() {
+        let message = error_of(|c| c["num_hidden_layers"] = json!("x"));
+        assert!(
+            message.ends_with("`num_hidden_layers` must be a non-negative integer, found \"x\""),
+            "{message}"
+        );
+        let message = error_of(|c| {
+            c.as_object_mut().expect("object").remove("num_hidden_layers");
+            c["num_layers"] = json!(-1);
+        });
+        assert!(
+            message.ends_with("`num_layers` must be a non-negative integer, found -1"),
+            "{message}"
+        );
+        let message = error_of(|c| c["num_attention_heads"] = json!(4294967296u64));
+        assert!(
+            message.ends_with("`num_attention_heads` = 4294967296 is too large"),
+            "{message}"
+        );
+        let message = error_of(|c| c["rope_parameters"] = json!({"rope_theta": "big"}));
+        assert!(
+            message.ends_with("`rope_parameters.rope_theta` must be a number, found \"big\""),
+            "{message}"
+        );
+        let message = error_of(|c| c["head_dim"] = json!(0));
+        assert!(message.ends_with("`head_dim` is 0"), "{message}");
+        let message = error_of(|c| {
+            c.as_object_mut().expect("object").remove("hidden_size");
+        });
+        assert!(message.ends_with("missing required field `hidden_size`"), "{message}");
+        let message = error_of(|c| c["vision_config"] = json!({"depth": true}));
+        assert!(
+            message.ends_with("`vision_config.depth` must be a non-negative integer, found true"),
+            "{message}"
+        );
+        let message = error_of(|c| c["vision_config"] = json!({"depth": 2}));
+        assert!(
+            message.ends_with("missing required field `vision_config.hidden_size`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_group_fields_are_reported_when_asked_for() {
+        let (dir, config) = load(|_| {});
+        let config = config.expect("a dense config loads");
+        let message = config.moe().expect_err("no MoE fields").to_string();
+        let file = dir.path().join("config.json");
+        assert_eq!(
+            message,
+            format!("{}: missing required field `n_routed_experts`", file.display())
+        );
+        config.check_ranges().expect("dense config in range");
+    }
+
+    #[test]
+    fn ranges_are_checked_on_typed_values() {
+        let (_dir, config) = load(|c| c["num_key_value_heads"] = json!(3));
+        let message = config
+            .expect("loads")
+            .check_ranges()
+            .expect_err("3 kv heads")
+            .to_string();
+        assert!(message.contains("num_key_value_heads = 3"), "{message}");
+        let (_dir, config) = load(|c| {
+            c["n_routed_experts"] = json!(8);
+            c["num_experts_per_tok"] = json!(9);
+            c["moe_intermediate_size"] = json!(64);
+        });
+        let message = config.expect("loads").check_ranges().expect_err("9 of 8").to_string();
+        assert!(message.contains("num_experts_per_tok = 9"), "{message}");
+    }
+}
