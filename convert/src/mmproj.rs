@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::arch::{PlannedTensor, SourceSlice};
 use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::config::HfConfig;
+use crate::config::{HfConfig, VisionConfig};
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{MetaValue, Metadata};
 use crate::preset::{ModelFacts, Preset};
@@ -25,7 +25,7 @@ const CONVOLUTIONS: [&str; 3] = ["v.patch_embd.weight", "v.patch_embd.weight.1",
 /// True for checkpoints that have a vision tower, for which [`convert_mmproj`] writes a
 /// projector.
 pub fn has_vision(input: &Path) -> Result<bool> {
-    Ok(HfConfig::load(input)?.section("vision_config").is_some())
+    Ok(HfConfig::load(input)?.vision().is_some())
 }
 
 /// Writes the projector of a vision-language checkpoint to `output`; `None` when the
@@ -39,7 +39,7 @@ pub fn convert_mmproj(
     progress: &dyn Progress,
 ) -> Result<Option<ConvertSummary>> {
     let config = HfConfig::load(input)?;
-    let Some(vision) = config.section("vision_config") else {
+    let Some(vision) = config.vision() else {
         return Ok(None);
     };
     let checkpoint = Checkpoint::open(input)?;
@@ -73,7 +73,7 @@ pub fn convert_mmproj(
             header.ggml_type = GgmlType::F16;
         }
     }
-    let meta = metadata(input, &config, &vision, &preset)?;
+    let meta = metadata(input, &config, vision, &preset)?;
     let options = ConvertOptions {
         preset,
         ..options.clone()
@@ -180,7 +180,7 @@ fn split_patch_embedding(entry: &TensorEntry) -> Result<Vec<PlannedTensor>> {
     Ok(vec![part(0, "v.patch_embd.weight"), part(1, "v.patch_embd.weight.1")])
 }
 
-fn metadata(input: &Path, config: &HfConfig, vision: &HfConfig, preset: &Preset) -> Result<Metadata> {
+fn metadata(input: &Path, config: &HfConfig, vision: &VisionConfig, preset: &Preset) -> Result<Metadata> {
     let mut meta = Metadata::default();
     let base = crate::model_base_name(input);
     meta.set("general.architecture", "clip");
@@ -190,24 +190,20 @@ fn metadata(input: &Path, config: &HfConfig, vision: &HfConfig, preset: &Preset)
     meta.set("general.quantization_version", 2u32);
     meta.set("clip.has_vision_encoder", true);
     meta.set("clip.projector_type", "glm4v");
-    match vision.opt_str("hidden_act").unwrap_or("silu") {
+    match vision.hidden_act.as_str() {
         "silu" => meta.set("clip.use_silu", true),
         "gelu" | "gelu_pytorch_tanh" => meta.set("clip.use_gelu", true),
-        other => return Err(vision.error(format!("vision hidden_act {other:?} is not supported"))),
+        other => return Err(config.error(format!("vision hidden_act {other:?} is not supported"))),
     }
-    meta.set("clip.vision.projection_dim", config.u32(&["hidden_size"])?);
-    meta.set("clip.vision.image_size", vision.u32(&["image_size"])?);
-    meta.set("clip.vision.patch_size", vision.u32(&["patch_size"])?);
-    meta.set("clip.vision.embedding_length", vision.u32(&["hidden_size"])?);
-    meta.set("clip.vision.feed_forward_length", vision.u32(&["intermediate_size"])?);
-    meta.set("clip.vision.block_count", vision.u32(&["depth", "num_hidden_layers"])?);
-    meta.set(
-        "clip.vision.attention.head_count",
-        vision.u32(&["num_heads", "num_attention_heads"])?,
-    );
-    let eps = vision.opt_f64(&["rms_norm_eps", "layer_norm_eps"])?.unwrap_or(1e-5);
-    meta.set("clip.vision.attention.layer_norm_epsilon", eps as f32);
-    if let Some(merge) = vision.opt_u32(&["spatial_merge_size"])? {
+    meta.set("clip.vision.projection_dim", config.text().hidden_size);
+    meta.set("clip.vision.image_size", vision.image_size);
+    meta.set("clip.vision.patch_size", vision.patch_size);
+    meta.set("clip.vision.embedding_length", vision.hidden_size);
+    meta.set("clip.vision.feed_forward_length", vision.intermediate_size);
+    meta.set("clip.vision.block_count", vision.depth);
+    meta.set("clip.vision.attention.head_count", vision.num_heads);
+    meta.set("clip.vision.attention.layer_norm_epsilon", vision.rms_norm_eps as f32);
+    if let Some(merge) = vision.spatial_merge_size {
         meta.set("clip.vision.spatial_merge_size", merge);
     }
     let (mean, std) = normalisation(input)?;

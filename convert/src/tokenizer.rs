@@ -199,9 +199,8 @@ impl Vocabulary {
                 .and_then(token_text)
                 .and_then(|t| self.id_of(t));
             let from_config = config
-                .opt_u32(&[&format!("{role}_token_id")])
-                .ok()
-                .flatten()
+                .text()
+                .token_id(role)
                 .filter(|id| (*id as usize) < self.tokens.len());
             set(role, from_text.or(from_config));
         }

@@ -154,7 +154,7 @@ fn embedding_rows(checkpoint: &Checkpoint, config: &HfConfig) -> Result<usize> {
         .or_else(|| checkpoint.get("model.language_model.embed_tokens.weight"))
         .ok_or_else(|| ConvertError::tensor("model.embed_tokens.weight", "missing from the checkpoint"))?;
     let rows = embed.shape.first().copied().unwrap_or(0);
-    if let Some(v) = config.opt_u64(&["vocab_size", "padded_vocab_size"])? {
+    if let Some(v) = config.text().vocab_size {
         if v as usize != rows {
             return Err(config.error(format!("vocab_size {v} differs from the embedding's {rows} rows")));
         }

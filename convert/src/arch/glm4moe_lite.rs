@@ -18,6 +18,7 @@ pub struct Glm4MoeLite;
 /// MLA head sizes from the config.
 struct MlaDims {
     heads: u32,
+    q_lora_rank: Option<u32>,
     kv_lora_rank: u32,
     nope: u32,
     rope: u32,
@@ -26,12 +27,14 @@ struct MlaDims {
 
 impl MlaDims {
     fn of(config: &HfConfig) -> Result<Self> {
+        let mla = config.mla()?;
         Ok(Self {
-            heads: config.u32(&["num_attention_heads"])?,
-            kv_lora_rank: config.u32(&["kv_lora_rank"])?,
-            nope: config.u32(&["qk_nope_head_dim"])?,
-            rope: config.u32(&["qk_rope_head_dim"])?,
-            value: config.u32(&["v_head_dim"])?,
+            heads: config.text().num_attention_heads,
+            q_lora_rank: mla.q_lora_rank,
+            kv_lora_rank: mla.kv_lora_rank,
+            nope: mla.qk_nope_head_dim,
+            rope: mla.qk_rope_head_dim,
+            value: mla.v_head_dim,
         })
     }
 }
@@ -50,11 +53,15 @@ impl Architecture for Glm4MoeLite {
         let key = |k: &str| format!("{arch}.{k}");
         write_common_hparams(arch, config, layers, meta)?;
         let dims = MlaDims::of(config)?;
-        meta.set(key("vocab_size"), config.u32(&["vocab_size"])?);
+        let vocab = config.text().vocab_size;
+        meta.set(
+            key("vocab_size"),
+            vocab.ok_or_else(|| config.error("missing required field `vocab_size`"))?,
+        );
         meta.set(key("attention.head_count"), dims.heads);
         // MLA runs as multi-query attention over the shared latent.
         meta.set(key("attention.head_count_kv"), 1u32);
-        if let Some(q_lora) = config.opt_u32(&["q_lora_rank"])? {
+        if let Some(q_lora) = dims.q_lora_rank {
             meta.set(key("attention.q_lora_rank"), q_lora);
         }
         meta.set(key("attention.kv_lora_rank"), dims.kv_lora_rank);

@@ -207,7 +207,7 @@ pub fn supported() -> Vec<&'static str> {
 /// Counts the trunk and the kept MTP layers of a plan: blocks numbered at or beyond the
 /// config's `num_hidden_layers` are NextN layers.
 pub fn layer_counts(config: &HfConfig, planned: &[PlannedTensor]) -> Result<LayerCounts> {
-    let trunk = config.u32(&["num_hidden_layers", "num_layers"])?;
+    let trunk = config.text().num_hidden_layers;
     let mut trunk_layers = std::collections::BTreeSet::new();
     let mut mtp_layers = std::collections::BTreeSet::new();
     for t in planned {
@@ -230,9 +230,7 @@ pub fn layer_counts(config: &HfConfig, planned: &[PlannedTensor]) -> Result<Laye
             "num_hidden_layers = {trunk}, but the checkpoint has no weights for layer {missing}"
         )));
     }
-    let declared_mtp = config
-        .opt_u32(&["num_nextn_predict_layers", "num_mtp_layers"])?
-        .unwrap_or(0);
+    let declared_mtp = config.text().num_nextn_predict_layers;
     if mtp_layers.len() as u32 > declared_mtp {
         return Err(config.error(format!(
             "num_hidden_layers = {trunk}, but the checkpoint has weights for {} more layers",
@@ -285,7 +283,7 @@ pub(crate) fn global_tensor_role(config: &HfConfig, hf_name: &str, vision: bool)
     let gguf = match name.as_str() {
         "model.embed_tokens.weight" => "token_embd.weight",
         "model.norm.weight" => "output_norm.weight",
-        "lm_head.weight" if config.tie_word_embeddings() => return Some(TensorRole::Skip),
+        "lm_head.weight" if config.text().tie_word_embeddings => return Some(TensorRole::Skip),
         "lm_head.weight" => "output.weight",
         _ if name.ends_with("rotary_emb.inv_freq") => return Some(TensorRole::Skip),
         _ => return None,
@@ -362,12 +360,12 @@ fn is_vision_tensor(name: &str) -> bool {
 /// the text model with multimodal RoPE, which image positions need.
 pub(crate) fn write_mrope_sections(arch: &str, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
     let sections = config
-        .rope_list("mrope_section")?
+        .mrope_section()
         .ok_or_else(|| config.error("no `mrope_section` in rope_parameters or rope_scaling"))?;
     if sections.is_empty() || sections.len() > 4 {
         return Err(config.error(format!("`mrope_section` {sections:?} must have 1 to 4 entries")));
     }
-    let mut padded = sections;
+    let mut padded = sections.to_vec();
     padded.resize(4, 0);
     meta.set(
         format!("{arch}.rope.dimension_sections"),
@@ -380,7 +378,7 @@ pub(crate) fn write_mrope_sections(arch: &str, config: &HfConfig, meta: &mut Met
 /// re-ordered from interleaved pairs to halves: [0, 2, 4, …, 1, 3, 5, …], the rest as is.
 fn neox_rows(config: &HfConfig, entry: &TensorEntry, gguf: String) -> Result<PlannedTensor> {
     let head_dim = config.head_dim()? as usize;
-    let rotated = (head_dim as f64 * config.rope_f64("partial_rotary_factor")?.unwrap_or(0.5)).round() as usize;
+    let rotated = (head_dim as f64 * config.rotary_fraction()).round() as usize;
     let rows = entry.shape[0];
     if !rotated.is_multiple_of(2) || rotated > head_dim || !rows.is_multiple_of(head_dim) {
         return Err(ConvertError::tensor(
@@ -450,24 +448,16 @@ pub(crate) fn write_common_hparams(
     meta: &mut Metadata,
 ) -> Result<()> {
     let key = |k: &str| format!("{arch}.{k}");
-    meta.set(
-        key("context_length"),
-        config.u32(&["max_position_embeddings", "seq_length"])?,
-    );
-    meta.set(key("embedding_length"), config.u32(&["hidden_size"])?);
+    let text = config.text();
+    meta.set(key("context_length"), text.max_position_embeddings);
+    meta.set(key("embedding_length"), text.hidden_size);
     meta.set(key("block_count"), layers.trunk + layers.mtp);
     if layers.mtp > 0 {
         meta.set(key("nextn_predict_layers"), layers.mtp);
     }
-    meta.set(
-        key("feed_forward_length"),
-        config.u32(&["intermediate_size", "ffn_hidden_size"])?,
-    );
-    meta.set(
-        key("attention.layer_norm_rms_epsilon"),
-        config.f64(&["rms_norm_eps", "layernorm_epsilon"])? as f32,
-    );
-    if let Some(theta) = config.rope_f64("rope_theta")? {
+    meta.set(key("feed_forward_length"), text.intermediate_size);
+    meta.set(key("attention.layer_norm_rms_epsilon"), text.rms_norm_eps as f32);
+    if let Some(theta) = config.rope_theta() {
         meta.set(key("rope.freq_base"), theta as f32);
     }
     write_rope_scaling(arch, config, meta)
@@ -483,21 +473,20 @@ pub(crate) fn write_gqa_hparams(
     meta: &mut Metadata,
 ) -> Result<()> {
     let key = |k: &str| format!("{arch}.{k}");
-    let heads = config.u32(&["num_attention_heads"])?;
+    let text = config.text();
+    let heads = text.num_attention_heads;
     meta.set(key("attention.head_count"), heads);
-    let kv_heads = config
-        .opt_u32(&["num_key_value_heads", "multi_query_group_num"])?
-        .unwrap_or(heads);
-    meta.set(key("attention.head_count_kv"), kv_heads);
+    meta.set(
+        key("attention.head_count_kv"),
+        text.num_key_value_heads.unwrap_or(heads),
+    );
     let head_dim = config.head_dim()?;
-    if always_head_dim || config.opt_u64(&["head_dim"])?.is_some() {
-        let d = u32::try_from(head_dim).map_err(|_| config.error("head_dim too large"))?;
-        meta.set(key("attention.key_length"), d);
-        meta.set(key("attention.value_length"), d);
+    if always_head_dim || text.head_dim.is_some() {
+        meta.set(key("attention.key_length"), head_dim);
+        meta.set(key("attention.value_length"), head_dim);
     }
-    // GLM rotates the first half of each head unless the config says otherwise.
-    let factor = config.rope_f64("partial_rotary_factor")?.unwrap_or(0.5);
-    meta.set(key("rope.dimension_count"), (head_dim as f64 * factor).round() as u32);
+    let rotated = f64::from(head_dim) * config.rotary_fraction();
+    meta.set(key("rope.dimension_count"), rotated.round() as u32);
     Ok(())
 }
 
@@ -506,13 +495,10 @@ pub(crate) fn write_rope_scaling(arch: &str, config: &HfConfig, meta: &mut Metad
     let Some(scaling) = config.rope_scaling() else {
         return Ok(());
     };
-    let kind = scaling
-        .get("rope_type")
-        .or_else(|| scaling.get("type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    let number = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
-    let factor = number("factor").ok_or_else(|| config.error(format!("rope scaling {kind:?} has no `factor`")))?;
+    let kind = scaling.rope_type.as_deref().unwrap_or_default();
+    let factor = scaling
+        .factor
+        .ok_or_else(|| config.error(format!("rope scaling {kind:?} has no `factor`")))?;
     match kind {
         "linear" => {
             meta.set(format!("{arch}.rope.scaling.type"), "linear");
@@ -521,14 +507,14 @@ pub(crate) fn write_rope_scaling(arch: &str, config: &HfConfig, meta: &mut Metad
         "yarn" => {
             meta.set(format!("{arch}.rope.scaling.type"), "yarn");
             meta.set(format!("{arch}.rope.scaling.factor"), factor as f32);
-            if let Some(n) = number("original_max_position_embeddings") {
-                meta.set(format!("{arch}.rope.scaling.original_context_length"), n as u32);
+            if let Some(n) = scaling.original_max_position_embeddings {
+                meta.set(format!("{arch}.rope.scaling.original_context_length"), n);
             }
-            for (hf, gguf) in [
-                ("beta_fast", "rope.scaling.yarn_beta_fast"),
-                ("beta_slow", "rope.scaling.yarn_beta_slow"),
+            for (value, gguf) in [
+                (scaling.beta_fast, "rope.scaling.yarn_beta_fast"),
+                (scaling.beta_slow, "rope.scaling.yarn_beta_slow"),
             ] {
-                if let Some(v) = number(hf) {
+                if let Some(v) = value {
                     meta.set(format!("{arch}.{gguf}"), v as f32);
                 }
             }

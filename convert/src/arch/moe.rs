@@ -3,7 +3,7 @@
 
 use super::{ExpertProjection, PlanOptions, PlannedTensor, SourceSlice, TensorRole};
 use crate::checkpoint::TensorEntry;
-use crate::config::HfConfig;
+use crate::config::{HfConfig, MoeConfig};
 use crate::error::{ConvertError, Result};
 use crate::gguf::Metadata;
 use crate::tokenizer::SpecialTokens;
@@ -20,53 +20,40 @@ pub(crate) const MOE_SPECIAL_TOKENS: SpecialTokens = SpecialTokens {
 
 /// Routed experts per MoE layer.
 pub(crate) fn expert_count(config: &HfConfig) -> Result<u32> {
-    config.u32(&["n_routed_experts", "num_experts", "num_local_experts"])
+    Ok(config.moe()?.n_routed_experts)
 }
 
 /// Number of leading dense (non-MoE) layers: `first_k_dense_replace`, or the leading
 /// `"dense"` entries of transformers 5's `mlp_layer_types`.
-pub(crate) fn leading_dense_layers(config: &HfConfig) -> Result<u32> {
-    if let Some(k) = config.opt_u32(&["first_k_dense_replace"])? {
-        return Ok(k);
+pub(crate) fn leading_dense_layers(moe: &MoeConfig) -> u32 {
+    if let Some(k) = moe.first_k_dense_replace {
+        return k;
     }
-    if let Some(types) = config.opt_str_list("mlp_layer_types")? {
-        return Ok(types.iter().take_while(|t| t.as_str() == "dense").count() as u32);
-    }
-    Ok(0)
+    let types = moe.mlp_layer_types.as_deref().unwrap_or_default();
+    types.iter().take_while(|t| t.as_str() == "dense").count() as u32
 }
 
 /// The `<arch>.expert_*` and `leading_dense_block_count` keys.
 pub(crate) fn write_moe_hparams(arch: &str, config: &HfConfig, meta: &mut Metadata) -> Result<()> {
     let key = |k: &str| format!("{arch}.{k}");
-    let experts = expert_count(config)?;
-    let used = config.u32(&["num_experts_per_tok"])?;
-    if experts == 0 || used == 0 || used > experts {
+    let moe = config.moe()?;
+    let (experts, used) = (moe.n_routed_experts, moe.num_experts_per_tok);
+    if used > experts {
         return Err(config.error(format!("{used} experts per token out of {experts} is not a valid MoE")));
     }
     meta.set(key("expert_count"), experts);
     meta.set(key("expert_used_count"), used);
-    meta.set(
-        key("expert_feed_forward_length"),
-        config.u32(&["moe_intermediate_size"])?,
-    );
-    meta.set(
-        key("expert_shared_count"),
-        config.opt_u32(&["n_shared_experts"])?.unwrap_or(0),
-    );
-    meta.set(key("leading_dense_block_count"), leading_dense_layers(config)?);
+    meta.set(key("expert_feed_forward_length"), moe.moe_intermediate_size);
+    meta.set(key("expert_shared_count"), moe.n_shared_experts);
+    meta.set(key("leading_dense_block_count"), leading_dense_layers(&moe));
     // GLM routes with sigmoid scores plus a correction bias (llama.cpp: 2 = sigmoid).
     meta.set(key("expert_gating_func"), 2u32);
-    let scale = config.opt_f64(&["routed_scaling_factor"])?.unwrap_or(1.0);
-    meta.set(key("expert_weights_scale"), scale as f32);
-    // transformers' default for both GLM MoE configs is to renormalise the top-k weights.
-    meta.set(
-        key("expert_weights_norm"),
-        config.opt_bool("norm_topk_prob").unwrap_or(true),
-    );
-    if let Some(groups) = config.opt_u32(&["n_group"])? {
+    meta.set(key("expert_weights_scale"), moe.routed_scaling_factor as f32);
+    meta.set(key("expert_weights_norm"), moe.norm_topk_prob);
+    if let Some(groups) = moe.n_group {
         meta.set(key("expert_group_count"), groups);
     }
-    if let Some(used_groups) = config.opt_u32(&["topk_group"])? {
+    if let Some(used_groups) = moe.topk_group {
         meta.set(key("expert_group_used_count"), used_groups);
     }
     Ok(())
@@ -169,13 +156,11 @@ pub(crate) fn stack_experts(
 /// trunk layers and for the ordinary block tensors of a NextN layer, so the normal block
 /// mapping applies to them. Layers beyond what the config declares are an error.
 pub(crate) fn mtp_role(config: &HfConfig, layer: u32, rest: &str, options: &PlanOptions) -> Result<Option<TensorRole>> {
-    let trunk = config.u32(&["num_hidden_layers"])?;
+    let trunk = config.text().num_hidden_layers;
     if layer < trunk {
         return Ok(None);
     }
-    let declared = config
-        .opt_u32(&["num_nextn_predict_layers", "num_mtp_layers"])?
-        .unwrap_or(0);
+    let declared = config.text().num_nextn_predict_layers;
     if layer >= trunk + declared {
         return Err(config.error(format!(
             "the checkpoint has layer {layer}, beyond {trunk} trunk layers and {declared} NextN layers"
