@@ -77,9 +77,10 @@ impl ChatTemplate {
     }
 }
 
-/// Builds the template value by hand: serializing through serde would expose
-/// serde_json's arbitrary-precision number maps (another dependency enables that
-/// feature) instead of plain numbers.
+/// Builds the template value by hand, so that numbers reach templates as numbers
+/// whatever serde_json's features: `gguf-rs` (the layout tests' independent reader)
+/// turns on `arbitrary_precision` in test builds, under which serializing through serde
+/// would hand templates `{"$serde_json::private::Number": …}` maps instead.
 fn to_jinja(value: &Json) -> Value {
     match value {
         Json::Null => Value::from(()),
