@@ -125,19 +125,11 @@ impl ModelFacts {
 
 /// An integer key, or the first entry of a per-layer array of them.
 fn first_u32(value: &MetaValue) -> Option<u32> {
-    match value {
-        MetaValue::U8(v) => Some(u32::from(*v)),
-        MetaValue::U16(v) => Some(u32::from(*v)),
-        MetaValue::U32(v) => Some(*v),
-        MetaValue::I8(v) => u32::try_from(*v).ok(),
-        MetaValue::I16(v) => u32::try_from(*v).ok(),
-        MetaValue::I32(v) => u32::try_from(*v).ok(),
-        MetaValue::U64(v) => u32::try_from(*v).ok(),
-        MetaValue::I64(v) => u32::try_from(*v).ok(),
-        MetaValue::I32Array(values) => values.first().and_then(|v| u32::try_from(*v).ok()),
-        MetaValue::Array(_, values) => values.first().and_then(first_u32),
-        _ => None,
-    }
+    let first = match value {
+        MetaValue::Array(values) => values.integers()?.first().copied()?,
+        scalar => scalar.as_integer()?,
+    };
+    u32::try_from(first).ok()
 }
 
 impl Condition {
@@ -581,7 +573,7 @@ rules:
         );
         assert_eq!(facts.gqa(), 12);
         let mut dense = Metadata::default();
-        dense.set("glm4.attention.head_count", MetaValue::I32Array(vec![32, 32]));
+        dense.set("glm4.attention.head_count", MetaValue::from(vec![32, 32]));
         let facts = ModelFacts::from_metadata("glm4", &dense);
         assert_eq!((facts.experts, facts.head_count, facts.head_count_kv), (0, 32, 32));
         assert_eq!(ModelFacts::default().gqa(), 0);
