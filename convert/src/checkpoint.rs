@@ -114,58 +114,20 @@ impl Checkpoint {
         // modified while we convert it yields wrong values, never memory unsafety in
         // safe code, because all reads go through bounds-checked slices.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ConvertError::io(&path, e))?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ConvertError::Safetensors {
-            path: path.clone(),
-            reason: describe_safetensors_error(&e, &map),
-        })?;
-        let data_start = 8 + header_len;
-        let data_end = metadata
-            .tensors()
-            .values()
-            .map(|info| info.data_offsets.1)
-            .max()
-            .unwrap_or(0);
-        let invalid = |reason: String| ConvertError::Safetensors {
+        let entries = shard_entries(&map).map_err(|reason| ConvertError::Safetensors {
             path: path.clone(),
             reason,
-        };
-        let file_len = map.len();
-        match (data_start.checked_add(data_end), file_len) {
-            (Some(end), len) if end > len => {
-                return Err(invalid(format!(
-                    "truncated: the tensors need {end} bytes, the file has {len}"
-                )))
-            }
-            (Some(end), len) if end < len => {
-                return Err(invalid(format!(
-                    "{} trailing bytes after the last tensor's data",
-                    len - end
-                )))
-            }
-            (None, _) => return Err(invalid("tensor offsets overflow".into())),
-            _ => {}
-        }
+        })?;
         let shard = self.shards.len();
-        for (name, info) in metadata.tensors() {
-            let dtype = match info.dtype {
-                Dtype::F32 => SourceDtype::F32,
-                Dtype::F16 => SourceDtype::F16,
-                Dtype::BF16 => SourceDtype::BF16,
-                other => {
-                    return Err(ConvertError::Safetensors {
-                        path: path.clone(),
-                        reason: format!("tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"),
-                    })
-                }
-            };
-            let (begin, end) = info.data_offsets;
+        for info in entries {
+            let name = info.name.clone();
             let entry = TensorEntry {
-                name: name.clone(),
-                dtype,
-                shape: info.shape.clone(),
+                name: info.name,
+                dtype: info.dtype,
+                shape: info.shape,
                 shard,
-                start: data_start + begin,
-                end: data_start + end,
+                start: info.start,
+                end: info.end,
             };
             if self.tensors.insert(name.clone(), entry).is_some() {
                 return Err(ConvertError::Safetensors {
@@ -218,38 +180,143 @@ impl Checkpoint {
     }
 }
 
+/// One tensor as a shard's header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorEntryInfo {
+    pub name: String,
+    pub dtype: SourceDtype,
+    /// PyTorch order: slowest dimension first.
+    pub shape: Vec<usize>,
+    /// Absolute byte range inside the shard file.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Validates a whole safetensors shard held in `bytes` and lists its tensors in file
+/// order. Kept apart from the file handling so that it can be tested and fuzzed on
+/// bytes alone; errors are the reason only, the caller names the file.
+pub fn shard_entries(bytes: &[u8]) -> std::result::Result<Vec<TensorEntryInfo>, String> {
+    check_offsets_fit(bytes)?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| describe_safetensors_error(&e, bytes))?;
+    let data_start = 8 + header_len;
+    let data_end = metadata
+        .tensors()
+        .values()
+        .map(|info| info.data_offsets.1)
+        .max()
+        .unwrap_or(0);
+    let file_len = bytes.len();
+    match (data_start.checked_add(data_end), file_len) {
+        (Some(end), len) if end > len => {
+            return Err(format!("truncated: the tensors need {end} bytes, the file has {len}"))
+        }
+        (Some(end), len) if end < len => {
+            return Err(format!("{} trailing bytes after the last tensor's data", len - end))
+        }
+        (None, _) => return Err("tensor offsets overflow".into()),
+        _ => {}
+    }
+    // File order, so that the first bad tensor reported is the same on every run.
+    let mut entries = Vec::new();
+    for name in metadata.offset_keys() {
+        let Some(info) = metadata.info(&name) else {
+            continue;
+        };
+        let dtype = match info.dtype {
+            Dtype::F32 => SourceDtype::F32,
+            Dtype::F16 => SourceDtype::F16,
+            Dtype::BF16 => SourceDtype::BF16,
+            other => {
+                return Err(format!(
+                    "tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"
+                ))
+            }
+        };
+        let (begin, end) = info.data_offsets;
+        entries.push(TensorEntryInfo {
+            name,
+            dtype,
+            shape: info.shape.clone(),
+            start: data_start + begin,
+            end: data_start + end,
+        });
+    }
+    Ok(entries)
+}
+
+/// Refuses a header whose tensor data would end beyond the file. safetensors 0.8 adds
+/// the header length to the last tensor's end without checking for overflow (found by
+/// fuzzing: a panic wherever overflow checks are on), so such ends must not reach it.
+/// Headers that are not a JSON object are left for safetensors to describe.
+fn check_offsets_fit(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
+        return Ok(());
+    };
+    let header = usize::try_from(u64::from_le_bytes(*len))
+        .ok()
+        .and_then(|n| rest.get(..n));
+    let Some(Ok(Value::Object(tensors))) = header.map(serde_json::from_slice::<Value>) else {
+        return Ok(());
+    };
+    for (name, info) in &tensors {
+        let end = info.get("data_offsets").and_then(|o| o.get(1)).and_then(Value::as_u64);
+        if let Some(end) = end.filter(|&end| end > bytes.len() as u64) {
+            return Err(format!(
+                "truncated: tensor {name}'s data ends {end} bytes after the header, the file has {}",
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The shard file names that a `model.safetensors.index.json` lists, each once, in the
+/// order of its `weight_map`. Every name must be a plain relative path inside the
+/// checkpoint folder; whether the files exist is the caller's business.
+pub fn shard_names(index_json: &str) -> std::result::Result<Vec<String>, String> {
+    let index: Value = serde_json::from_str(index_json).map_err(|e| format!("not valid JSON: {e}"))?;
+    shard_names_in(&index)
+}
+
+fn shard_names_in(index: &Value) -> std::result::Result<Vec<String>, String> {
+    let Some(Value::Object(weight_map)) = index.get("weight_map") else {
+        return Err("no `weight_map` object".into());
+    };
+    let mut names: Vec<String> = Vec::new();
+    for file in weight_map.values() {
+        let Some(file) = file.as_str() else {
+            return Err("`weight_map` values must be file names".into());
+        };
+        if !is_plain_relative(file) {
+            return Err(format!(
+                "names shard {file:?}, which is not a file inside the checkpoint folder"
+            ));
+        }
+        // Compared as paths, as the files they name are: `a//b` and `a/b` are one shard.
+        if !names.iter().any(|n| Path::new(n) == Path::new(file)) {
+            names.push(file.to_owned());
+        }
+    }
+    Ok(names)
+}
+
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.exists() {
         let index = read_json(&index_path)?;
-        let Some(Value::Object(weight_map)) = index.get("weight_map") else {
-            return Err(ConvertError::config(&index_path, "no `weight_map` object"));
-        };
-        let mut files: Vec<PathBuf> = Vec::new();
-        for file in weight_map.values() {
-            let Some(file) = file.as_str() else {
+        let names = shard_names_in(&index).map_err(|message| ConvertError::config(&index_path, message))?;
+        let mut files: Vec<PathBuf> = Vec::with_capacity(names.len());
+        for file in names {
+            let path = dir.join(&file);
+            // Anything that exists is opened (and refused there if it is not a file).
+            if std::fs::symlink_metadata(&path).is_err() {
                 return Err(ConvertError::config(
                     &index_path,
-                    "`weight_map` values must be file names",
-                ));
-            };
-            if !is_plain_relative(file) {
-                return Err(ConvertError::config(
-                    &index_path,
-                    format!("names shard {file:?}, which is not a file inside the checkpoint folder"),
+                    format!("names shard {file}, which does not exist"),
                 ));
             }
-            let path = dir.join(file);
-            if !files.contains(&path) {
-                // Anything that exists is opened (and refused there if it is not a file).
-                if std::fs::symlink_metadata(&path).is_err() {
-                    return Err(ConvertError::config(
-                        &index_path,
-                        format!("names shard {file}, which does not exist"),
-                    ));
-                }
-                files.push(path);
-            }
+            files.push(path);
         }
         files.sort();
         return Ok(files);
@@ -303,5 +370,79 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8]) ->
         },
         E::InvalidHeaderLength | E::HeaderTooSmall => "truncated (file shorter than its header says)".to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard with one header and the data the header promises.
+    fn shard(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data_len));
+        bytes
+    }
+
+    #[test]
+    fn entries_in_file_order_with_absolute_offsets() {
+        let header = r#"{"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let entries = shard_entries(&shard(header, 12)).unwrap();
+        let start = 8 + header.len();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            (entries[0].name.as_str(), entries[0].start, entries[0].end),
+            ("a", start, start + 8)
+        );
+        assert_eq!((entries[1].name.as_str(), entries[1].dtype), ("b", SourceDtype::BF16));
+    }
+
+    #[test]
+    fn bad_shards_are_refused() {
+        let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let err = shard_entries(&shard(header, 7)).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        assert!(shard_entries(&shard(header, 9)).is_err());
+        let int = r#"{"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#;
+        assert!(shard_entries(&shard(int, 8)).unwrap_err().contains("dtype"));
+        assert!(shard_entries(b"\x01").is_err());
+    }
+
+    /// Offsets whose end, added to the header length, overflows: safetensors' own length
+    /// check would overflow on these (a panic where overflow checks are on). These are
+    /// the bytes of fuzz/regressions/safetensors_header/offsets-overflow.
+    #[test]
+    fn offsets_near_the_address_limit_are_an_error() {
+        let big = (1usize << 61) - 1;
+        let tensors: Vec<String> = (0..8)
+            .map(|i| {
+                format!(
+                    r#""t{i}":{{"dtype":"U8","shape":[{big}],"data_offsets":[{},{}]}}"#,
+                    i * big,
+                    (i + 1) * big
+                )
+            })
+            .collect();
+        let header = format!("{{{}}}", tensors.join(","));
+        let err = shard_entries(&shard(&header, 0)).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn index_names_each_shard_once_and_stays_inside_the_folder() {
+        let index = r#"{"weight_map":{"a":"s1.safetensors","b":"s2.safetensors","c":"s1.safetensors","d":"x//s2.safetensors","e":"x/s2.safetensors"}}"#;
+        assert_eq!(
+            shard_names(index).unwrap(),
+            ["s1.safetensors", "s2.safetensors", "x//s2.safetensors"]
+        );
+        for bad in ["/etc/passwd", "../up.safetensors", "a/../../b", "./a", ""] {
+            let index = serde_json::json!({"weight_map": {"w": bad}}).to_string();
+            let err = shard_names(&index).unwrap_err();
+            assert!(err.contains("not a file inside"), "{bad}: {err}");
+        }
+        assert!(shard_names(r#"{"weight_map":{"w":1}}"#).is_err());
+        assert!(shard_names(r#"[]"#).unwrap_err().contains("weight_map"));
+        assert!(shard_names("{").is_err());
     }
 }

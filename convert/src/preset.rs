@@ -203,7 +203,7 @@ impl Preset {
     /// A built-in preset by name (`q4_k_m`), or a user's YAML file by path.
     pub fn load(name_or_path: &str) -> Result<Self> {
         if let Some((name, text)) = BUILT_IN.iter().find(|(n, _)| n.eq_ignore_ascii_case(name_or_path)) {
-            return Self::parse(name, text, Path::new(name));
+            return Self::from_yaml(name, text);
         }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "yaml" || e == "yml") || path.exists() {
@@ -226,8 +226,14 @@ impl Preset {
     pub fn built_in() -> Vec<Preset> {
         BUILT_IN
             .iter()
-            .filter_map(|(name, text)| Self::parse(name, text, Path::new(name)).ok())
+            .filter_map(|(name, text)| Self::from_yaml(name, text).ok())
             .collect()
+    }
+
+    /// A preset from YAML text already in memory; `name` becomes its label and stands for
+    /// the file in error messages.
+    pub fn from_yaml(name: &str, text: &str) -> Result<Self> {
+        Self::parse(name, text, Path::new(name))
     }
 
     fn parse(name: &str, text: &str, path: &Path) -> Result<Self> {
