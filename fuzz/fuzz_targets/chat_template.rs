@@ -36,12 +36,6 @@ fuzz_target!(|data: &[u8]| {
     };
     if flags & 1 == 0 {
         let (source, context) = rest.split_once('\0').unwrap_or((rest, "[]"));
-        // Known, reported bug (regressions/chat_template/strftime-now-bad-format): an
-        // invalid strftime format panics inside chrono's `to_string`. Skipped until
-        // src/chat/template.rs handles it, so the fuzzer can look past it.
-        if source.contains("strftime_now") {
-            return;
-        }
         let Ok(template) = ChatTemplate::new(source) else {
             return;
         };

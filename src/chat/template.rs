@@ -108,8 +108,19 @@ fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
-fn strftime_now(format: String) -> String {
-    chrono::Local::now().format(&format).to_string()
+/// transformers' `strftime_now`. chrono panics when a format it cannot write is turned
+/// into a string, so the format goes through `write!`, whose error becomes a template
+/// error (a template is a stranger's code).
+fn strftime_now(format: String) -> Result<String, Error> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    write!(text, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: invalid format {format:?}"),
+        )
+    })?;
+    Ok(text)
 }
 
 /// Python's `json.dumps` with the arguments transformers' own `tojson` filter passes on
@@ -266,6 +277,17 @@ fn write_json_string(s: &str, ensure_ascii: bool, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/regressions/chat_template/strftime-now-bad-format): an
+    /// invalid format used to panic inside chrono.
+    #[test]
+    fn a_bad_strftime_format_is_an_error() {
+        let template = ChatTemplate::new("{{ strftime_now('%') }}{{ strftime_now('%Q') }}").unwrap();
+        let err = template.render(&[], &RenderOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("strftime_now"), "{err}");
+        let good = ChatTemplate::new("{{ strftime_now('%Y') }}").unwrap();
+        assert_eq!(good.render(&[], &RenderOptions::default()).unwrap().len(), 4);
+    }
     use serde_json::json;
 
     fn render(source: &str, messages: Json) -> String {
