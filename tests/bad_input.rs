@@ -473,32 +473,8 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
     let head_dim = variant("head-dim", &config_edit("head_dim", 0.into()));
     let eps = variant("eps", &config_edit("rms_norm_eps", (-1e-6).into()));
     let rotary = variant("rotary", &config_edit("partial_rotary_factor", 1.5.into()));
-    let escape = variant("escape", &|d: &Path| {
-        let index = d.join("model.safetensors.index.json");
-        let mut json = read_json(&index);
-        let first = json["weight_map"]
-            .as_object()
-            .expect("map")
-            .keys()
-            .next()
-            .expect("key")
-            .clone();
-        json["weight_map"][first] = "../outside.safetensors".into();
-        std::fs::write(&index, json.to_string()).expect("write");
-    });
-    let absolute = variant("absolute", &|d: &Path| {
-        let index = d.join("model.safetensors.index.json");
-        let mut json = read_json(&index);
-        let first = json["weight_map"]
-            .as_object()
-            .expect("map")
-            .keys()
-            .next()
-            .expect("key")
-            .clone();
-        json["weight_map"][first] = "/etc/passwd".into();
-        std::fs::write(&index, json.to_string()).expect("write");
-    });
+    let escape = variant("escape", &|d: &Path| point_first_shard_at(d, "../outside.safetensors"));
+    let absolute = variant("absolute", &|d: &Path| point_first_shard_at(d, "/etc/passwd"));
     let trailing = variant("trailing", &|d: &Path| {
         let shard = d.join("model-00001-of-00003.safetensors");
         let mut file = std::fs::OpenOptions::new().append(true).open(shard).expect("open");
@@ -587,6 +563,18 @@ fn checkpoints_that_cannot_work_are_refused_before_writing() {
         .status()
         .expect("convert");
     assert!(status.success());
+}
+
+/// Makes the index name `file` as the shard of its first tensor.
+fn point_first_shard_at(dir: &Path, file: &str) {
+    let index = dir.join("model.safetensors.index.json");
+    let mut json = read_json(&index);
+    let first = json["weight_map"]
+        .as_object()
+        .and_then(|map| map.keys().next().cloned())
+        .expect("a tensor in the index");
+    json["weight_map"][first] = file.into();
+    std::fs::write(&index, json.to_string()).expect("write");
 }
 
 /// Rewrites a safetensors shard, letting `edit` change any tensor's shape and bytes.
