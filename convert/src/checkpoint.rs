@@ -250,25 +250,32 @@ pub fn shard_entries(bytes: &[u8]) -> std::result::Result<Vec<TensorEntryInfo>, 
 /// fuzzing: a panic wherever overflow checks are on), so such ends must not reach it.
 /// Headers that are not a JSON object are left for safetensors to describe.
 fn check_offsets_fit(bytes: &[u8]) -> std::result::Result<(), String> {
-    let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
+    let Some((_, ends)) = declared_data_ends(bytes) else {
         return Ok(());
     };
-    let header = usize::try_from(u64::from_le_bytes(*len))
-        .ok()
-        .and_then(|n| rest.get(..n));
-    let Some(Ok(Value::Object(tensors))) = header.map(serde_json::from_slice::<Value>) else {
-        return Ok(());
-    };
-    for (name, info) in &tensors {
-        let end = info.get("data_offsets").and_then(|o| o.get(1)).and_then(Value::as_u64);
-        if let Some(end) = end.filter(|&end| end > bytes.len() as u64) {
-            return Err(format!(
-                "truncated: tensor {name}'s data ends {end} bytes after the header, the file has {}",
-                bytes.len()
-            ));
-        }
+    match ends.into_iter().find(|(_, end)| *end > bytes.len() as u64) {
+        Some((name, end)) => Err(format!(
+            "truncated: tensor {name}'s data ends {end} bytes after the header, the file has {}",
+            bytes.len()
+        )),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The header length and each tensor's declared data end, read from the header JSON
+/// directly (before safetensors does its unchecked arithmetic); `None` when the header
+/// is not a readable JSON object.
+fn declared_data_ends(bytes: &[u8]) -> Option<(usize, Vec<(String, u64)>)> {
+    let (len, rest) = bytes.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    let Value::Object(tensors) = serde_json::from_slice::<Value>(rest.get(..len)?).ok()? else {
+        return None;
+    };
+    let ends = tensors
+        .iter()
+        .filter_map(|(name, info)| Some((name.clone(), info.get("data_offsets")?.get(1)?.as_u64()?)))
+        .collect();
+    Some((len, ends))
 }
 
 /// The shard file names that a `model.safetensors.index.json` lists, each once, in the
@@ -348,14 +355,8 @@ fn is_plain_relative(name: &str) -> bool {
 
 /// Where the header says the tensor data ends, if the header can be read at all.
 fn declared_end(bytes: &[u8]) -> Option<usize> {
-    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header: Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
-    let data_end = header
-        .as_object()?
-        .values()
-        .filter_map(|info| info.get("data_offsets")?.get(1)?.as_u64())
-        .max()
-        .unwrap_or(0);
+    let (len, ends) = declared_data_ends(bytes)?;
+    let data_end = ends.into_iter().map(|(_, end)| end).max().unwrap_or(0);
     (8 + len).checked_add(usize::try_from(data_end).ok()?)
 }
 
