@@ -45,6 +45,8 @@ pub struct Engine {
     pub(super) model: LlamaModel,
     /// The file's header as glm's reader validated it before llama.cpp saw the file.
     pub(super) header: GgufHeader,
+    /// See [`Engine::max_token_bytes`]; computed once, as every chat turn asks.
+    max_token_bytes: usize,
     end_of_turn: Vec<LlamaToken>,
     visible_tags: Vec<LlamaToken>,
 }
@@ -74,9 +76,11 @@ impl Engine {
         };
         let end_of_turn = single_tokens(&GLM_END_OF_TURN);
         let visible_tags = single_tokens(&GLM_VISIBLE_TAGS);
+        let max_token_bytes = longest_token(&header);
         Ok(Self {
             model,
             header,
+            max_token_bytes,
             end_of_turn,
             visible_tags,
         })
@@ -112,11 +116,7 @@ impl Engine {
     /// long as the bytes they decode to), so `bytes / this` tokens is a lower bound on
     /// what a text tokenizes to.
     pub fn max_token_bytes(&self) -> usize {
-        match self.header.get("tokenizer.ggml.tokens") {
-            Some(MetaValue::Array(ArrayValue::Str(tokens))) => tokens.iter().map(String::len).max().unwrap_or(1),
-            _ => usize::MAX,
-        }
-        .max(1)
+        self.max_token_bytes
     }
 
     /// Refuses a text that cannot fit in `n_ctx` tokens before tokenizing it (tokenizing
@@ -292,6 +292,15 @@ impl Engine {
         }
         LlamaSampler::chain_simple(chain)
     }
+}
+
+/// The byte length of the longest token text in the file's vocabulary (at least 1).
+fn longest_token(header: &GgufHeader) -> usize {
+    match header.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::Array(ArrayValue::Str(tokens))) => tokens.iter().map(String::len).max().unwrap_or(1),
+        _ => usize::MAX,
+    }
+    .max(1)
 }
 
 /// An error for a llama.cpp call that failed: llama.cpp's own reason when it logged one,
