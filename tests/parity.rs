@@ -66,9 +66,7 @@ fn quality_floors(model: &str) -> &'static [(&'static str, f64, f64)] {
 fn context() -> ContextOptions {
     ContextOptions {
         ctx_size: 256,
-        threads: 2,
-        cache_type: CacheType::F32,
-        flash_attention: FlashAttention::Off,
+        ..ContextOptions::with_threads(2).exact()
     }
 }
 

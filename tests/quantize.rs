@@ -556,9 +556,7 @@ fn importance_only_types_need_an_imatrix() {
     let engine = glm::engine::Engine::load(&output, &Default::default()).expect("llama.cpp loads it");
     let context = glm::engine::ContextOptions {
         ctx_size: 64,
-        threads: 2,
-        cache_type: glm::engine::CacheType::F16,
-        flash_attention: glm::engine::FlashAttention::Auto,
+        ..glm::engine::ContextOptions::with_threads(2)
     };
     let logits = engine.logits(&[1, 2, 3], false, &context).expect("logits");
     assert!(logits[0].iter().all(|v| v.is_finite()));

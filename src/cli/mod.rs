@@ -1,12 +1,15 @@
 //! Command-line definitions. This module only parses arguments and dispatches to
 //! `crate::commands`.
 
+mod runtime;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use runtime::{ContextArgs, DraftArgs, PlacementArgs};
+
 use crate::commands;
-use crate::engine::{CacheType, FlashAttention};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +40,10 @@ enum Command {
     Presets,
     /// Re-quantize an F32/F16/BF16 GGUF with a preset.
     Quantize(QuantizeArgs),
+    /// Measure prompt processing and generation speed (llama-bench's method).
+    Bench(BenchArgs),
+    /// List the devices llama.cpp can use, with their free and total memory.
+    Devices,
 }
 
 #[derive(Debug, Args)]
@@ -95,22 +102,10 @@ pub struct ConvertArgs {
 pub struct ModelArgs {
     /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
     pub model: PathBuf,
-    /// Context size in tokens, at most the model's training context [default: 4096, or
-    /// the training context when smaller].
-    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_CTX)))]
-    pub ctx_size: Option<u32>,
-    /// CPU threads [default: all cores].
-    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=MAX_THREADS))]
-    pub threads: Option<i32>,
-    /// Layers to offload to the GPU in GPU builds [default: all].
-    #[arg(long = "gpu-layers", value_name = "N")]
-    pub gpu_layers: Option<u32>,
-    /// KV cache element type: f16 saves memory, f32 is exact.
-    #[arg(long = "cache-type", value_enum, default_value = "f16")]
-    pub cache_type: CacheTypeArg,
-    /// Flash attention (faster; on CPU it computes attention in F16).
-    #[arg(long = "flash-attn", value_enum, default_value = "auto")]
-    pub flash_attention: FlashAttentionArg,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub context: ContextArgs,
 }
 
 /// How the prompt is turned into tokens.
@@ -166,24 +161,30 @@ pub struct RunArgs {
 /// Sampling and output of generated text (shared by `run` and `chat`).
 #[derive(Debug, Clone, Args)]
 pub struct GenerationArgs {
-    /// Sampling temperature; 0 picks the most likely token every time.
-    #[arg(long, default_value_t = 0.8, value_parser = temperature)]
-    pub temp: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..=MAX_TOP_K))]
-    pub top_k: i32,
-    /// Keep the most likely tokens up to this total probability (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95, value_parser = probability)]
-    pub top_p: f32,
-    /// Drop tokens less likely than this fraction of the best one (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05, value_parser = probability)]
-    pub min_p: f32,
-    /// Penalty for repeating recent tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0, value_parser = penalty)]
-    pub repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at (-1 = the whole context).
-    #[arg(long = "repeat-last-n", default_value_t = 64, value_parser = clap::value_parser!(i32).range(-1..=MAX_CTX as i64))]
-    pub repeat_last_n: i32,
+    /// Sampling temperature; 0 picks the most likely token every time [default: the
+    /// model's general.sampling.temp, else 0.8].
+    #[arg(long, value_parser = temperature)]
+    pub temp: Option<f32>,
+    /// Keep only the K most likely tokens, 0 = off [default: the model's
+    /// general.sampling.top_k, else 40].
+    #[arg(long = "top-k", value_parser = clap::value_parser!(i32).range(0..=MAX_TOP_K))]
+    pub top_k: Option<i32>,
+    /// Keep the most likely tokens up to this total probability, 1 = off [default: the
+    /// model's general.sampling.top_p, else 0.95].
+    #[arg(long = "top-p", value_parser = probability)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the best one, 0 = off [default: the
+    /// model's general.sampling.min_p, else 0.05].
+    #[arg(long = "min-p", value_parser = probability)]
+    pub min_p: Option<f32>,
+    /// Penalty for repeating recent tokens, 1 = off [default: the model's
+    /// general.sampling.penalty_repeat, else 1].
+    #[arg(long = "repeat-penalty", value_parser = penalty)]
+    pub repeat_penalty: Option<f32>,
+    /// How many recent tokens the repeat penalty looks at, -1 = the whole context
+    /// [default: the model's general.sampling.penalty_last_n, else 64].
+    #[arg(long = "repeat-last-n", value_parser = clap::value_parser!(i32).range(-1..=MAX_CTX as i64))]
+    pub repeat_last_n: Option<i32>,
     /// Random seed [default: a fresh one each run].
     #[arg(long)]
     pub seed: Option<u32>,
@@ -198,6 +199,8 @@ pub struct GenerationArgs {
     /// Keep generating past end-of-turn tokens, up to --max-tokens (for benchmarks).
     #[arg(long = "ignore-eos")]
     pub ignore_eos: bool,
+    #[command(flatten)]
+    pub draft: DraftArgs,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +214,36 @@ pub struct ChatArgs {
     pub mmproj: Option<PathBuf>,
     #[command(flatten)]
     pub generation: GenerationArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths to time, comma-separated or repeated (0 = none).
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512", value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CTX)))]
+    pub n_prompt: Vec<u32>,
+    /// Generation lengths to time, comma-separated or repeated (0 = none).
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128", value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CTX)))]
+    pub n_gen: Vec<u32>,
+    /// Timed repetitions of each test (after one warm-up run).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
+    /// Report format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
+    pub output: BenchFormat,
+    /// Draft with the model's NextN layers during generation tests.
+    #[arg(long)]
+    pub mtp: bool,
+}
+
+/// `glm bench --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchFormat {
+    Md,
+    Json,
+    Jsonl,
+    Csv,
 }
 
 #[derive(Debug, Args)]
@@ -260,46 +293,9 @@ pub struct LogitsArgs {
     pub force: bool,
 }
 
-/// `--cache-type`; the engine's [`CacheType`] stays free of clap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CacheTypeArg {
-    F32,
-    F16,
-    #[value(name = "q8_0")]
-    Q8_0,
-}
-
-impl From<CacheTypeArg> for CacheType {
-    fn from(arg: CacheTypeArg) -> Self {
-        match arg {
-            CacheTypeArg::F32 => CacheType::F32,
-            CacheTypeArg::F16 => CacheType::F16,
-            CacheTypeArg::Q8_0 => CacheType::Q8_0,
-        }
-    }
-}
-
-/// `--flash-attn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FlashAttentionArg {
-    Auto,
-    On,
-    Off,
-}
-
-impl From<FlashAttentionArg> for FlashAttention {
-    fn from(arg: FlashAttentionArg) -> Self {
-        match arg {
-            FlashAttentionArg::Auto => FlashAttention::Auto,
-            FlashAttentionArg::On => FlashAttention::On,
-            FlashAttentionArg::Off => FlashAttention::Off,
-        }
-    }
-}
-
 /// Upper bounds for numeric flags, checked before anything is allocated.
 pub const MAX_CTX: u32 = 1 << 24;
-const MAX_THREADS: i64 = 1024;
+pub(crate) const MAX_THREADS: i64 = 1024;
 const MAX_TOP_K: i64 = 1 << 24;
 
 /// A number the sampler can use: finite, and within `range`.
@@ -332,7 +328,7 @@ pub fn max_tokens(text: &str) -> Result<usize, String> {
 /// Parses the command line. A usage error is one line, like every other error (clap's
 /// own report adds a usage block and a hint); help and version print as usual.
 fn parse() -> Cli {
-    match Cli::try_parse() {
+    match Cli::try_parse_from(runtime::expand_llama_flags(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             e.exit()
@@ -361,5 +357,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Logits(args) => commands::logits::run(&args),
         Command::Presets => commands::presets::run(),
         Command::Quantize(args) => commands::quantize::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
+        Command::Devices => commands::devices::run(),
     }
 }

@@ -12,7 +12,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     inputs.extend(args.images.iter().map(PathBuf::as_path));
     inputs.extend(args.prompt_format.tools.as_deref());
     glm_convert::files::check_output(&args.output, &inputs, args.force)?;
-    let (engine, model_path) = super::load_engine_and_path(&args.model)?;
+    let (engine, model_path) = super::load_engine_and_path(&args.model, None)?;
     if !args.images.is_empty() {
         let prompt = args.prompt.as_deref().unwrap_or_default();
         let text = super::prompt_text(
@@ -21,7 +21,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
             &super::text_argument(prompt)?,
             &args.images,
         )?;
-        let context = super::context_options(&args.model);
+        let context = super::context_options(&args.model.context, None);
         let mut projector = super::load_projector(&engine, &model_path, args.mmproj.as_deref(), context.threads)?;
         let mut session = ChatSession::new(&engine, &context)?;
         let (tokens, logits) = session.logits_with_images(&mut projector, &text, &args.images)?;
@@ -39,7 +39,7 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
         }
         (None, None) => anyhow::bail!("give --prompt or --tokens"),
     };
-    let logits = engine.logits(&tokens, args.all, &super::context_options(&args.model))?;
+    let logits = engine.logits(&tokens, args.all, &super::context_options(&args.model.context, None))?;
     write_json(&args.output, &json!({"tokens": tokens, "logits": logits}))
 }
 

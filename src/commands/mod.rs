@@ -1,13 +1,16 @@
 //! One module per subcommand; `cli` parses and calls `run` here.
 
+pub mod bench;
 pub mod chat;
 pub mod convert;
+pub mod devices;
 pub mod inspect;
 pub mod logits;
 pub mod presets;
 pub mod quantize;
 pub mod reply;
 pub mod run;
+mod sampling;
 pub mod tokenize;
 
 use std::io::Read;
@@ -16,27 +19,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::chat::{ChatTemplate, Conversation, RenderOptions};
-use crate::cli::{GenerationArgs, ModelArgs, PromptArgs};
-use crate::engine::{ContextOptions, Engine, LoadOptions, Sampling};
+use crate::cli::{ContextArgs, DraftArgs, ModelArgs, PlacementArgs, PromptArgs};
+use crate::engine::{ContextOptions, DraftOptions, Engine, LoadOptions, Placement};
 
-pub fn sampling(args: &GenerationArgs) -> Sampling {
-    Sampling {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed: args.seed.unwrap_or_else(fresh_seed),
-        ignore_eos: args.ignore_eos,
-    }
-}
-
-fn fresh_seed() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
-}
+pub use sampling::{sampling, SamplingSources};
 
 const MAX_TOOLS_BYTES: u64 = 16 << 20;
 
@@ -107,24 +93,80 @@ pub fn text_argument(text: &str) -> Result<String> {
 }
 
 /// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
-pub fn load_engine_and_path(args: &ModelArgs) -> Result<(Engine, PathBuf)> {
+/// With `--dry-run` the memory plan is printed instead and the program ends.
+pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Result<(Engine, PathBuf)> {
     let path = crate::model_source::resolve(&args.model)?;
-    let options = LoadOptions {
-        gpu_layers: args.gpu_layers.unwrap_or(u32::MAX),
-        vocab_only: false,
-    };
+    if let Some(numa) = args.placement.numa {
+        crate::engine::use_numa(numa.into())?;
+    }
+    let mut options = load_options(&args.placement, &args.context);
+    // The NextN layers are loaded unless drafting is switched off; whether to draft is
+    // decided per reply, from the sampling.
+    options.load_mtp = draft.is_some_and(|d| d.choice() != Some(false));
+    if args.context.dry_run {
+        let plan = crate::engine::plan(&path, &options, &context_options(&args.context, draft))?;
+        println!("{}\n{plan}", path.display());
+        std::process::exit(0);
+    }
     let engine = Engine::load(&path, &options)?;
     Ok((engine, path))
 }
 
-pub fn context_options(args: &ModelArgs) -> ContextOptions {
-    let cores = std::thread::available_parallelism().map_or(4, |n| n.get()) as i32;
+pub fn load_options(placement: &PlacementArgs, context: &ContextArgs) -> LoadOptions {
+    LoadOptions {
+        placement: Placement {
+            gpu_layers: placement.gpu_layers,
+            cpu_moe: placement.cpu_moe,
+            n_cpu_moe: placement.n_cpu_moe,
+            overrides: placement.override_tensor.clone(),
+            devices: placement.devices.clone(),
+            main_gpu: placement.main_gpu,
+            split_mode: placement.split_mode.into(),
+            tensor_split: placement.tensor_split.clone(),
+        },
+        ctx_size: context.ctx_size.unwrap_or(0),
+        use_mmap: !placement.no_mmap,
+        use_mlock: placement.mlock,
+        load_mtp: false,
+        vocab_only: false,
+    }
+}
+
+pub fn context_options(args: &ContextArgs, draft: Option<&DraftArgs>) -> ContextOptions {
+    let threads = args.threads.unwrap_or_else(physical_cores);
+    let cache = args.cache_type.map(Into::into);
     ContextOptions {
         ctx_size: args.ctx_size.unwrap_or(0),
-        threads: args.threads.unwrap_or(cores).max(1),
-        cache_type: args.cache_type.into(),
+        threads,
+        threads_batch: args.threads_batch.unwrap_or(threads),
+        batch_size: args.batch_size,
+        ubatch_size: args.ubatch_size,
+        cache_type_k: args
+            .cache_type_k
+            .map(Into::into)
+            .or(cache)
+            .unwrap_or(crate::engine::CacheType::F16),
+        cache_type_v: args
+            .cache_type_v
+            .map(Into::into)
+            .or(cache)
+            .unwrap_or(crate::engine::CacheType::F16),
         flash_attention: args.flash_attention.into(),
+        draft: draft.filter(|d| d.choice() != Some(false)).map(|d| DraftOptions {
+            max: d.draft_max,
+            min: d.draft_min.min(d.draft_max),
+            p_min: d.draft_p_min,
+            always: d.choice() == Some(true),
+        }),
     }
+}
+
+/// Physical cores, not hardware threads: llama.cpp's matrix kernels gain nothing from a
+/// core's second thread and lose to the contention (llama.cpp's own default), and never
+/// more than this process may use.
+pub fn physical_cores() -> i32 {
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    num_cpus::get_physical().clamp(1, usable) as i32
 }
 
 /// The vision projector for the model at `model_path` (`explicit` when given, else the

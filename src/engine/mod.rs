@@ -8,13 +8,22 @@
 mod log;
 mod model;
 mod options;
+mod placement;
+mod plan;
 pub mod quantize;
 #[cfg(feature = "test-support")]
 pub mod reference;
 mod session;
+mod speculative;
 mod vision;
 
-pub use model::Engine;
-pub use options::{CacheType, ContextOptions, FlashAttention, LoadOptions, Sampling, DEFAULT_CTX};
+pub use model::{use_numa, Engine};
+pub use options::{
+    CacheType, ContextOptions, DraftOptions, FlashAttention, GpuLayers, LoadOptions, Numa, Placement, Sampling,
+    SplitMode, TensorOverride, DEFAULT_CTX,
+};
+pub use placement::{devices, parse_override, Device};
+pub use plan::{plan, DeviceMemory, MemoryPlan};
 pub use session::{ChatSession, GenerationStats};
+pub use speculative::DraftStats;
 pub use vision::{image_marker, Projector};

@@ -10,14 +10,14 @@ use glm_convert::gguf::check::check_model;
 use glm_convert::gguf::{ArrayValue, GgufHeader, MetaValue};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::llama_backend::{LlamaBackend, NumaStrategy};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::log;
-use super::options::{ContextOptions, LoadOptions, Sampling, DEFAULT_CTX};
+use super::options::{ContextOptions, LoadOptions, Numa, Sampling, DEFAULT_CTX};
+use super::placement;
 use super::session::{decode_tokens, ChatSession};
 use super::GenerationStats;
 
@@ -28,12 +28,30 @@ const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|
 const GLM_VISIBLE_TAGS: [&str; 2] = ["<think>", "</think>"];
 
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+static NUMA: OnceLock<Numa> = OnceLock::new();
+
+/// Sets the NUMA strategy; only before the first model is loaded (llama.cpp takes it
+/// once, when its backend starts).
+pub fn use_numa(numa: Numa) -> Result<()> {
+    if BACKEND.get().is_some() || NUMA.set(numa).is_err() {
+        bail!("the NUMA strategy can only be set before llama.cpp starts");
+    }
+    Ok(())
+}
 
 /// llama.cpp's backend may be initialised once per process; every engine shares it.
 pub(super) fn backend() -> Result<&'static LlamaBackend> {
     BACKEND
         .get_or_init(|| {
-            let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            let backend = match NUMA.get() {
+                None => LlamaBackend::init(),
+                Some(numa) => LlamaBackend::init_numa(match numa {
+                    Numa::Distribute => NumaStrategy::DISTRIBUTE,
+                    Numa::Isolate => NumaStrategy::ISOLATE,
+                    Numa::Numactl => NumaStrategy::NUMACTL,
+                }),
+            }
+            .map_err(|e| e.to_string())?;
             log::install();
             Ok(backend)
         })
@@ -49,6 +67,9 @@ pub struct Engine {
     max_token_bytes: usize,
     end_of_turn: Vec<LlamaToken>,
     visible_tags: Vec<LlamaToken>,
+    /// The context size when none is asked for: llama.cpp's fit when it ran, else
+    /// [`DEFAULT_CTX`] or the training context, whichever is smaller.
+    default_ctx: u32,
 }
 
 impl Engine {
@@ -59,12 +80,12 @@ impl Engine {
         let header = glm_convert::gguf::read_file(path)?.header;
         check_model(&header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
         let backend = backend()?;
-        let params = LlamaModelParams::default()
-            .with_n_gpu_layers(options.gpu_layers)
-            .with_vocab_only(options.vocab_only);
+        let params = placement::model_params(path, &header, options, options.ctx_size)?;
         log::start_capture();
-        let model = LlamaModel::load_from_file(backend, path, &params)
+        let model = LlamaModel::load_from_file(backend, path, &params.params)
             .map_err(|e| refusal(format!("{}: llama.cpp cannot load this file", path.display()), e))?;
+        let trained = model.n_ctx_train().max(1);
+        let default_ctx = params.fitted_ctx.unwrap_or(DEFAULT_CTX).clamp(1, trained);
         let single_tokens = |texts: &[&str]| -> Vec<LlamaToken> {
             texts
                 .iter()
@@ -83,7 +104,18 @@ impl Engine {
             max_token_bytes,
             end_of_turn,
             visible_tags,
+            default_ctx,
         })
+    }
+
+    /// Bytes of weights and number of parameters, as llama.cpp counts them.
+    pub fn size_and_parameters(&self) -> (u64, u64) {
+        (self.model.size(), self.model.n_params())
+    }
+
+    /// Whether the file has multi-token-prediction (NextN) layers, which drafting needs.
+    pub fn has_nextn_layers(&self) -> bool {
+        placement::arch_integer(&self.header, "nextn_predict_layers").is_some_and(|n| n > 0)
     }
 
     /// The context length the model was trained for.
@@ -97,7 +129,7 @@ impl Engine {
     pub fn context_size(&self, options: &ContextOptions, needed: usize) -> Result<u32> {
         let train = self.n_ctx_train();
         let asked = if options.ctx_size == 0 {
-            DEFAULT_CTX.min(train)
+            self.default_ctx
         } else {
             options.ctx_size
         };
@@ -179,20 +211,14 @@ impl Engine {
     }
 
     pub(super) fn context(&self, options: &ContextOptions, min_ctx: usize) -> Result<LlamaContext<'_>> {
-        let n_ctx = self.context_size(options, min_ctx)?;
-        let batch = n_ctx.min(2048);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(batch)
-            .with_n_ubatch(batch.min(512))
-            .with_n_threads(options.threads)
-            .with_n_threads_batch(options.threads)
-            .with_type_k(options.cache_type.llama_type())
-            .with_type_v(options.cache_type.llama_type())
-            .with_flash_attention_policy(options.flash_attention.llama_policy());
+        self.new_context(options, self.context_size(options, min_ctx)?)
+    }
+
+    /// A context of exactly `n_ctx` tokens (checked by [`Engine::context_size`]).
+    pub(super) fn new_context(&self, options: &ContextOptions, n_ctx: u32) -> Result<LlamaContext<'_>> {
         log::start_capture();
         self.model
-            .new_context(backend()?, params)
+            .new_context(backend()?, context_params(options, n_ctx))
             .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_ctx} tokens"), e))
     }
 
@@ -292,6 +318,21 @@ impl Engine {
         }
         LlamaSampler::chain_simple(chain)
     }
+}
+
+/// llama.cpp's context parameters for `options` and `n_ctx` tokens. The batch sizes are
+/// at most the context (llama.cpp's own rule), the physical one at most the logical one.
+pub(super) fn context_params(options: &ContextOptions, n_ctx: u32) -> LlamaContextParams {
+    let batch = options.batch_size.clamp(1, n_ctx);
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(batch)
+        .with_n_ubatch(options.ubatch_size.clamp(1, batch))
+        .with_n_threads(options.threads)
+        .with_n_threads_batch(options.threads_batch)
+        .with_type_k(options.cache_type_k.llama_type())
+        .with_type_v(options.cache_type_v.llama_type())
+        .with_flash_attention_policy(options.flash_attention.llama_policy())
 }
 
 /// The byte length of the longest token text in the file's vocabulary (at least 1).

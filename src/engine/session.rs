@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use super::model::Engine;
 use super::options::{ContextOptions, Sampling};
+use super::speculative::{Decoder, DraftStats};
 
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {
@@ -22,6 +23,8 @@ pub struct GenerationStats {
     pub generation_time: Duration,
     /// True when the model ended its turn (not the token limit).
     pub stopped_at_end_of_turn: bool,
+    /// Tokens drafted by multi-token prediction, and how many the model kept.
+    pub draft: DraftStats,
 }
 
 impl GenerationStats {
@@ -44,7 +47,7 @@ fn per_second(count: usize, time: Duration) -> f64 {
 /// prompt that differs from what the KV cache already holds.
 pub struct ChatSession<'m> {
     engine: &'m Engine,
-    pub(super) ctx: LlamaContext<'m>,
+    pub(super) decoder: Decoder<'m>,
     /// Tokens whose keys and values are in the cache, in position order.
     cached: Vec<LlamaToken>,
     /// The text those tokens stand for, and where each token's text ends in it.
@@ -58,9 +61,10 @@ pub struct ChatSession<'m> {
 
 impl<'m> ChatSession<'m> {
     pub fn new(engine: &'m Engine, options: &ContextOptions) -> Result<Self> {
+        let n_ctx = engine.context_size(options, 0)?;
         Ok(Self {
             engine,
-            ctx: engine.context(options, 0)?,
+            decoder: Decoder::new(engine, options, n_ctx)?,
             cached: Vec::new(),
             cached_text: Vec::new(),
             token_ends: Vec::new(),
@@ -70,12 +74,17 @@ impl<'m> ChatSession<'m> {
     }
 
     pub fn n_ctx(&self) -> usize {
-        self.ctx.n_ctx() as usize
+        self.decoder.target().n_ctx() as usize
+    }
+
+    /// Whether replies with `sampling` draft with the model's NextN layers.
+    pub fn drafts(&self, sampling: &Sampling) -> bool {
+        self.decoder.drafts(sampling.is_greedy())
     }
 
     /// Forgets the cache (a new conversation).
     pub fn clear(&mut self) {
-        self.ctx.clear_kv_cache();
+        self.decoder.clear();
         self.cached.clear();
         self.cached_text.clear();
         self.token_ends.clear();
@@ -137,26 +146,33 @@ impl<'m> ChatSession<'m> {
         // At least the last prompt token is evaluated again, to get fresh logits.
         let reused = common_prefix(&self.cached, &prompt).min(prompt.len() - 1);
         self.forget_from(reused)?;
+        // A drafting reply evaluates the last prompt token with the first draft.
+        let drafting = self.decoder.drafts(sampling.is_greedy());
+        let evaluated = if drafting { prompt.len() - 1 } else { prompt.len() };
         let started = Instant::now();
         let mut piece = Vec::new();
-        for token in &prompt[reused..] {
-            piece.clear();
-            self.engine
-                .model
-                .vocab()
-                .token_to_piece_into(*token, &mut piece, true, None);
+        for token in &prompt[reused..evaluated] {
+            prompt_piece(self.engine, *token, &mut piece);
             self.remember(*token, &piece);
         }
         let last = prompt.len() - 1;
-        let logits_index = decode_tokens(&mut self.ctx, &prompt[reused..], reused, &|p| p == last, &mut |_, _| {})?;
+        let logits_index = decode_tokens(
+            &mut self.decoder,
+            &prompt[reused..evaluated],
+            reused,
+            &|p| p == last,
+            &mut |_, _| {},
+        )?;
         let stats = GenerationStats {
             prompt_tokens: prompt.len() - reused,
             reused_tokens: reused,
             prompt_time: started.elapsed(),
             ..Default::default()
         };
-
         self.next_position = self.cached.len();
+        if drafting {
+            return self.generate_drafted(&prompt, max_tokens, sampling, &mut on_text, stats);
+        }
         self.generate_reply(logits_index, &prompt, max_tokens, sampling, &mut on_text, stats)
     }
 
@@ -178,7 +194,7 @@ impl<'m> ChatSession<'m> {
         let mut index = logits_index;
         let started = Instant::now();
         while stats.generated_tokens < max_tokens && self.next_position < self.n_ctx() {
-            let token = sampler.sample(&self.ctx, index);
+            let token = sampler.sample(self.decoder.target(), index);
             if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
                 stats.stopped_at_end_of_turn = true;
                 break;
@@ -194,17 +210,88 @@ impl<'m> ChatSession<'m> {
             let position = self.next_position;
             self.next_position += 1;
             self.remember(token, &piece);
-            index = decode_tokens(&mut self.ctx, &[token], position, &|_| true, &mut |_, _| {})?;
+            index = decode_tokens(&mut self.decoder, &[token], position, &|_| true, &mut |_, _| {})?;
         }
+        stats.generation_time = started.elapsed();
+        Ok(stats)
+    }
+
+    /// The reply with multi-token prediction: from the last prompt token (not yet
+    /// evaluated), each step drafts a few tokens, evaluates the last token and the draft
+    /// in one batch, and samples each position in turn, keeping the draft while it
+    /// matches what was sampled. The first sample that differs from the draft (or the
+    /// one after a fully kept draft) starts the next step.
+    fn generate_drafted(
+        &mut self,
+        prompt: &[LlamaToken],
+        max_tokens: usize,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str) -> bool,
+        mut stats: GenerationStats,
+    ) -> Result<GenerationStats> {
+        let n_ctx = self.n_ctx();
+        let mut sampler = self.engine.sampler(sampling, n_ctx);
+        sampler.accept_many(prompt.iter());
+        let (&first, history) = prompt.split_last().context("the prompt is empty")?;
+        let mut last = first;
+        let mut last_piece = Vec::new();
+        prompt_piece(self.engine, last, &mut last_piece);
+        self.decoder.begin(history)?;
+        let mut utf8 = encoding_rs::UTF_8.new_decoder();
+        let (mut piece, mut text) = (Vec::new(), String::new());
+        let started = Instant::now();
+        'reply: while stats.generated_tokens < max_tokens && self.next_position < n_ctx {
+            let position = self.next_position;
+            let room = (n_ctx - position - 1).min(max_tokens - stats.generated_tokens - 1);
+            let guesses = self.decoder.draft(position as u32, last, room)?;
+            let mut batch = LlamaBatch::new(guesses.len() + 1, 1);
+            for (offset, token) in std::iter::once(&last).chain(&guesses).enumerate() {
+                batch.add(*token, (position + offset) as i32, &[0], true)?;
+            }
+            self.decoder.decode(&mut batch)?;
+            self.remember(last, &last_piece);
+            self.next_position += 1;
+            let mut kept = 0;
+            for index in 0..=guesses.len() {
+                let token = sampler.sample(self.decoder.target(), index as i32);
+                if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
+                    stats.stopped_at_end_of_turn = true;
+                    break 'reply;
+                }
+                stats.generated_tokens += 1;
+                self.engine.piece(token, &mut piece);
+                decode_piece(&mut utf8, &piece, &mut text);
+                if !text.is_empty() && !on_text(&text) {
+                    break 'reply;
+                }
+                if guesses.get(index) != Some(&token) {
+                    // Not evaluated yet: the next step starts from it.
+                    last = token;
+                    last_piece.clone_from(&piece);
+                    break;
+                }
+                // The guess is this token, and its position is already evaluated.
+                self.remember(token, &piece);
+                self.next_position += 1;
+                kept += 1;
+                if stats.generated_tokens >= max_tokens {
+                    break;
+                }
+            }
+            stats.draft.drafted += guesses.len();
+            stats.draft.accepted += kept;
+            self.decoder.accept(kept, guesses.len())?;
+            self.decoder.forget_from(self.next_position as u32)?;
+        }
+        // Drafted positions past what was kept leave the cache.
+        self.decoder.forget_from(self.next_position as u32)?;
         stats.generation_time = started.elapsed();
         Ok(stats)
     }
 
     fn forget_from(&mut self, position: usize) -> Result<()> {
         if position < self.cached.len() {
-            self.ctx
-                .clear_kv_cache_seq(Some(0), Some(position as u32), None)
-                .map_err(|e| anyhow!("cannot trim the KV cache: {e}"))?;
+            self.decoder.forget_from(position as u32)?;
             self.cached.truncate(position);
             self.token_ends.truncate(position);
             self.cached_text.truncate(self.token_ends.last().copied().unwrap_or(0));
@@ -213,18 +300,51 @@ impl<'m> ChatSession<'m> {
     }
 }
 
+/// Text of a prompt token as the template wrote it (special tokens spelled out).
+fn prompt_piece(engine: &Engine, token: LlamaToken, piece: &mut Vec<u8>) {
+    piece.clear();
+    engine.model.vocab().token_to_piece_into(token, piece, true, None);
+}
+
+/// What evaluates batches: a plain context, or a session's contexts (which keep the
+/// draft context in step).
+pub(super) trait Evaluate<'m> {
+    fn evaluate(&mut self, batch: &mut LlamaBatch) -> Result<()>;
+    fn context(&self) -> &LlamaContext<'m>;
+}
+
+impl<'m> Evaluate<'m> for LlamaContext<'m> {
+    fn evaluate(&mut self, batch: &mut LlamaBatch) -> Result<()> {
+        self.decode(batch).context("llama.cpp failed to evaluate the tokens")
+    }
+
+    fn context(&self) -> &LlamaContext<'m> {
+        self
+    }
+}
+
+impl<'m> Evaluate<'m> for Decoder<'m> {
+    fn evaluate(&mut self, batch: &mut LlamaBatch) -> Result<()> {
+        self.decode(batch)
+    }
+
+    fn context(&self) -> &LlamaContext<'m> {
+        self.target()
+    }
+}
+
 /// Evaluates `tokens` at positions `first..`, in batches the context accepts; logits are
 /// computed only where `wanted(position)` and handed to `on_logits`. Returns the batch
 /// index of the last token's logits, which a sampler reads next. The one decode loop of
 /// `logits`, prompt evaluation and generation.
-pub(super) fn decode_tokens(
-    ctx: &mut LlamaContext,
+pub(super) fn decode_tokens<'m>(
+    ctx: &mut dyn Evaluate<'m>,
     tokens: &[LlamaToken],
     first: usize,
     wanted: &dyn Fn(usize) -> bool,
     on_logits: &mut dyn FnMut(usize, &[f32]),
 ) -> Result<i32> {
-    let n_batch = (ctx.n_batch() as usize).max(1);
+    let n_batch = (ctx.context().n_batch() as usize).max(1);
     let mut last_index = -1;
     for (chunk_index, chunk) in tokens.chunks(n_batch).enumerate() {
         let start = first + chunk_index * n_batch;
@@ -232,10 +352,9 @@ pub(super) fn decode_tokens(
         for (i, token) in chunk.iter().enumerate() {
             batch.add(*token, (start + i) as i32, &[0], wanted(start + i))?;
         }
-        ctx.decode(&mut batch)
-            .context("llama.cpp failed to evaluate the tokens")?;
+        ctx.evaluate(&mut batch)?;
         for i in (0..chunk.len()).filter(|&i| wanted(start + i)) {
-            on_logits(start + i, ctx.get_logits_ith(i as i32));
+            on_logits(start + i, ctx.context().get_logits_ith(i as i32));
         }
         last_index = chunk.len() as i32 - 1;
     }

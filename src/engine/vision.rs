@@ -82,7 +82,7 @@ impl ChatSession<'_> {
         images: &[std::path::PathBuf],
     ) -> Result<(Vec<i32>, Vec<f32>)> {
         let (_, text_tokens) = self.evaluate_with_images(projector, prompt, images)?;
-        let logits = self.ctx.get_logits_ith(-1).to_vec();
+        let logits = self.decoder.target().get_logits_ith(-1).to_vec();
         Ok((text_tokens.iter().map(|t| t.0).collect(), logits))
     }
 
@@ -117,12 +117,14 @@ impl ChatSession<'_> {
             );
         }
         let started = Instant::now();
-        let n_batch = self.ctx.n_batch() as i32;
+        let n_batch = self.decoder.target().n_batch() as i32;
         let n_past = chunks
-            .eval_chunks(&mut projector.ctx, &mut self.ctx, 0, 0, n_batch, true)
+            .eval_chunks(&mut projector.ctx, self.decoder.target_mut(), 0, 0, n_batch, true)
             .map_err(|e| anyhow!("llama.cpp failed to evaluate the prompt with its images: {e}"))?;
         self.next_position = usize::try_from(n_past).unwrap_or(0);
         self.positions_untracked = true;
+        // The draft context never saw the image; drafting waits for a cleared cache.
+        self.decoder.lose_step();
         let stats = GenerationStats {
             prompt_tokens: chunks.total_tokens(),
             prompt_time: started.elapsed(),

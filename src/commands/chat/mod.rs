@@ -26,6 +26,8 @@ struct ChatState<'e> {
     conversation: Conversation,
     generation: GenerationArgs,
     sampling: Sampling,
+    /// Where each sampling value came from (`/set` shows it).
+    sampling_sources: super::SamplingSources,
     show_reasoning: bool,
     last: Option<GenerationStats>,
     /// Plain output for scripts: no notices on stdout.
@@ -41,10 +43,12 @@ struct ChatState<'e> {
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let (engine, model_path) = super::load_engine_and_path(&args.model)?;
+    let draft = &args.generation.draft;
+    let (engine, model_path) = super::load_engine_and_path(&args.model, Some(draft))?;
     let template = super::chat_template(&engine)?;
     let render = super::render_options(&engine, &args.prompt_format, args.prompt_format.enable_thinking())?;
-    let context = super::context_options(&args.model);
+    let context = super::context_options(&args.model.context, Some(draft));
+    let (sampling, sampling_sources) = super::sampling(&args.generation, &engine);
     let session = ChatSession::new(&engine, &context)?;
     let interactive = std::io::stdin().is_terminal();
     let mut state = ChatState {
@@ -52,7 +56,8 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         template,
         render,
         conversation: Conversation::new(args.prompt_format.system.clone()),
-        sampling: super::sampling(&args.generation),
+        sampling,
+        sampling_sources,
         generation: args.generation.clone(),
         show_reasoning: !args.generation.hide_reasoning,
         last: None,
@@ -201,6 +206,14 @@ fn stats(state: &ChatState) {
         s.generation_rate(),
         state.conversation.messages().len()
     );
+    if state.session.drafts(&state.sampling) || s.draft.drafted > 0 {
+        eprintln!(
+            "mtp: {} drafted, {} accepted ({:.1}%)",
+            s.draft.drafted,
+            s.draft.accepted,
+            100.0 * s.draft.acceptance_rate()
+        );
+    }
 }
 
 fn notice(state: &ChatState, text: &str) {

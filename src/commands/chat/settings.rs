@@ -68,6 +68,16 @@ const SETTINGS: &[Setting] = &[
 ];
 
 impl Value {
+    /// The current value, as `/set` would take it.
+    fn show(&self, state: &mut ChatState) -> String {
+        match self {
+            Value::Float(_, field) => field(state).to_string(),
+            Value::Integer(_, _, field) => field(state).to_string(),
+            Value::Seed(field) => field(state).to_string(),
+            Value::Count(field) => field(state).to_string(),
+        }
+    }
+
     /// Checks `text` and stores it.
     fn apply(&self, state: &mut ChatState, text: &str) -> Result<()> {
         match self {
@@ -85,8 +95,19 @@ pub(super) fn names() -> Vec<&'static str> {
     SETTINGS.iter().map(|s| s.name).collect()
 }
 
-/// `/set <param> <value>`.
+/// `/set <param> <value>`; `/set` alone lists the values and where each came from.
 pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
+    if argument.trim().is_empty() {
+        for setting in SETTINGS {
+            let value = setting.value.show(state);
+            let source = state
+                .sampling_sources
+                .of(setting.name)
+                .map_or(String::new(), |s| format!(" ({})", s.describe()));
+            eprintln!("{:<15} {value}{source}", setting.name);
+        }
+        return Ok(());
+    }
     let (name, value) = argument
         .split_once(char::is_whitespace)
         .context("usage: /set <param> <value>")?;
@@ -95,7 +116,8 @@ pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
         bail!("unknown parameter {name:?} ({})", names().join(", "));
     };
     setting.value.apply(state, value).map_err(|e| anyhow!("{name}: {e}"))?;
-    notice(state, &format!("({name} = {value})"));
+    state.sampling_sources.set_by_user(setting.name);
+    notice(state, &format!("({} = {value})", setting.name));
     Ok(())
 }
 

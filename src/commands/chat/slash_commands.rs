@@ -109,7 +109,7 @@ pub(super) const COMMANDS: &[SlashCommand] = &[
     SlashCommand {
         name: "set",
         aliases: &[],
-        usage: "<param> <value>",
+        usage: "[<param> <value>]",
         help: "",
         run: |state, argument| settings::set(state, argument).map(|()| Flow::Continue),
     },
@@ -148,7 +148,10 @@ pub(super) fn help_text() -> String {
     for command in COMMANDS {
         let head = format!("/{} {}", command.name, command.usage);
         let help = if command.name == "set" {
-            settings::names().join(", ")
+            format!(
+                "{} (alone: the values and where they came from)",
+                settings::names().join(", ")
+            )
         } else {
             command.help.to_owned()
         };

@@ -1,0 +1,142 @@
+//! Sampling settings from three places, in order: the user's flags, the defaults the
+//! model's authors ship (`general.sampling.*`, written by `glm convert` from
+//! `generation_config.json`), and glm's own defaults. Each value remembers where it came
+//! from, for `/set` and the run's summary.
+
+use crate::cli::GenerationArgs;
+use crate::engine::{Engine, Sampling};
+
+/// Where a sampling value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Model,
+    Builtin,
+}
+
+impl Source {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::Flag => "set",
+            Source::Model => "model default",
+            Source::Builtin => "glm default",
+        }
+    }
+}
+
+/// One sampling setting: its `/set` name, the model's metadata key, glm's default.
+struct Default {
+    name: &'static str,
+    key: &'static str,
+    builtin: f64,
+}
+
+/// The settings models may give defaults for, in `Sampling` order.
+const DEFAULTS: [Default; 6] = [
+    Default {
+        name: "temp",
+        key: "general.sampling.temp",
+        builtin: 0.8,
+    },
+    Default {
+        name: "top-k",
+        key: "general.sampling.top_k",
+        builtin: 40.0,
+    },
+    Default {
+        name: "top-p",
+        key: "general.sampling.top_p",
+        builtin: 0.95,
+    },
+    Default {
+        name: "min-p",
+        key: "general.sampling.min_p",
+        builtin: 0.05,
+    },
+    Default {
+        name: "repeat-penalty",
+        key: "general.sampling.penalty_repeat",
+        builtin: 1.0,
+    },
+    Default {
+        name: "repeat-last-n",
+        key: "general.sampling.penalty_last_n",
+        builtin: 64.0,
+    },
+];
+
+/// Where each of [`DEFAULTS`] came from, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplingSources(Vec<(&'static str, Source)>);
+
+impl SamplingSources {
+    pub fn of(&self, name: &str) -> Option<Source> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// After `/set name`, the value is the user's.
+    pub fn set_by_user(&mut self, name: &str) {
+        if let Some(entry) = self.0.iter_mut().find(|(n, _)| *n == name) {
+            entry.1 = Source::Flag;
+        }
+    }
+}
+
+/// The sampling for a run: flags first, then the model's defaults, then glm's.
+pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSources) {
+    let flags = [
+        args.temp.map(f64::from),
+        args.top_k.map(f64::from),
+        args.top_p.map(f64::from),
+        args.min_p.map(f64::from),
+        args.repeat_penalty.map(f64::from),
+        args.repeat_last_n.map(f64::from),
+    ];
+    let mut values = [0.0; 6];
+    let mut sources = Vec::new();
+    for (i, (flag, default)) in flags.iter().zip(&DEFAULTS).enumerate() {
+        let (value, source) = match (flag, model_default(engine, default)) {
+            (Some(v), _) => (*v, Source::Flag),
+            (None, Some(v)) => (v, Source::Model),
+            (None, None) => (default.builtin, Source::Builtin),
+        };
+        values[i] = value;
+        sources.push((default.name, source));
+    }
+    let sampling = Sampling {
+        temperature: values[0] as f32,
+        top_k: values[1] as i32,
+        top_p: values[2] as f32,
+        min_p: values[3] as f32,
+        repeat_penalty: values[4] as f32,
+        repeat_last_n: values[5] as i32,
+        seed: args.seed.unwrap_or_else(fresh_seed),
+        ignore_eos: args.ignore_eos,
+    };
+    (sampling, SamplingSources(sources))
+}
+
+/// The model's default for `default`, when it has one that the flag's own parser takes
+/// (a file's value is checked like user input: NaN or a huge top-k is ignored).
+fn model_default(engine: &Engine, default: &Default) -> Option<f64> {
+    let text = engine.metadata(default.key)?;
+    let checked = match default.name {
+        "temp" => crate::cli::temperature(&text).map(f64::from).ok(),
+        "top-p" | "min-p" => crate::cli::probability(&text).map(f64::from).ok(),
+        "repeat-penalty" => crate::cli::penalty(&text).map(f64::from).ok(),
+        "top-k" => text
+            .parse::<i32>()
+            .ok()
+            .filter(|k| (0..=1 << 24).contains(k))
+            .map(f64::from),
+        "repeat-last-n" => text.parse::<i32>().ok().filter(|n| *n >= -1).map(f64::from),
+        _ => None,
+    };
+    checked
+}
+
+fn fresh_seed() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+}
