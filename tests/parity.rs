@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use glm::engine::{CacheType, ContextOptions, Engine, FlashAttention, LoadOptions};
+use glm::engine::{ContextOptions, Engine, LoadOptions};
 
 /// F32 logits may differ from transformers' by this fraction of the largest |logit|.
 const F32_RELATIVE_TOLERANCE: f32 = 1e-3;

@@ -24,6 +24,8 @@ pub use options::{
 };
 pub use placement::{devices, parse_override, Device};
 pub use plan::{plan, DeviceMemory, MemoryPlan};
+#[cfg(feature = "test-support")]
+pub use session::DraftOracle;
 pub use session::{ChatSession, GenerationStats};
 pub use speculative::DraftStats;
 pub use vision::{image_marker, Projector};

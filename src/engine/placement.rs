@@ -110,7 +110,9 @@ pub(super) fn model_params(
     };
     let patterns = overrides
         .iter()
-        .map(|o| CString::new(o.pattern.as_str()).map_err(|_| anyhow!("--override-tensor: the pattern holds a NUL byte")))
+        .map(|o| {
+            CString::new(o.pattern.as_str()).map_err(|_| anyhow!("--override-tensor: the pattern holds a NUL byte"))
+        })
         .collect::<Result<Vec<_>>>()?;
     for pattern in &patterns {
         // Every buffer was checked to be the CPU's (the only one llama-cpp-2 can name).

@@ -148,7 +148,11 @@ pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result
             )
         };
         if status != 0 {
-            bail!("{}: llama.cpp could not fit the model into free memory{}", path.display(), because());
+            bail!(
+                "{}: llama.cpp could not fit the model into free memory{}",
+                path.display(),
+                because()
+            );
         }
         mparams.tensor_split = split.as_ptr();
         mparams.tensor_buft_overrides = fitted_overrides.as_ptr();
@@ -175,7 +179,11 @@ pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result
     // SAFETY: `model` is a live model; the parameters are initialised plain data.
     let ctx = unsafe { sys::llama_init_from_model(model.ptr, cparams) };
     if ctx.is_null() {
-        bail!("cannot plan a llama.cpp context of {} tokens{}", cparams.n_ctx, because());
+        bail!(
+            "cannot plan a llama.cpp context of {} tokens{}",
+            cparams.n_ctx,
+            because()
+        );
     }
     let ctx = Owned {
         ptr: ctx,
@@ -183,7 +191,12 @@ pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result
     };
     let devices = breakdown(ctx.ptr)?;
     // SAFETY: `model` is live.
-    let (n_layer, n_nextn) = unsafe { (sys::llama_model_n_layer(model.ptr), sys::llama_model_n_layer_nextn(model.ptr)) };
+    let (n_layer, n_nextn) = unsafe {
+        (
+            sys::llama_model_n_layer(model.ptr),
+            sys::llama_model_n_layer_nextn(model.ptr),
+        )
+    };
     let offloadable = (n_layer.max(0) as u32) + u32::from(load.load_mtp) * (n_nextn.max(0) as u32) + 1;
     let overrides = match mparams.tensor_buft_overrides.is_null() {
         true => Vec::new(),

@@ -57,6 +57,18 @@ pub struct ChatSession<'m> {
     pub(super) next_position: usize,
     /// Set after an image turn: the cache cannot be matched against text any more.
     pub(super) positions_untracked: bool,
+    /// Replaces drafts in tests (a random draft head never guesses right).
+    #[cfg(feature = "test-support")]
+    draft_oracle: Option<DraftOracle>,
+}
+
+/// Test drafts: the tokens expected at each position, every `wrong_every`-th one
+/// changed so that drafts are partly rejected.
+#[cfg(feature = "test-support")]
+#[derive(Debug, Clone)]
+pub struct DraftOracle {
+    pub tokens: Vec<i32>,
+    pub wrong_every: usize,
 }
 
 impl<'m> ChatSession<'m> {
@@ -70,6 +82,8 @@ impl<'m> ChatSession<'m> {
             token_ends: Vec::new(),
             next_position: 0,
             positions_untracked: false,
+            #[cfg(feature = "test-support")]
+            draft_oracle: None,
         })
     }
 
@@ -244,6 +258,8 @@ impl<'m> ChatSession<'m> {
             let position = self.next_position;
             let room = (n_ctx - position - 1).min(max_tokens - stats.generated_tokens - 1);
             let guesses = self.decoder.draft(position as u32, last, room)?;
+            #[cfg(feature = "test-support")]
+            let guesses = self.oracle_guesses(position, guesses);
             let mut batch = LlamaBatch::new(guesses.len() + 1, 1);
             for (offset, token) in std::iter::once(&last).chain(&guesses).enumerate() {
                 batch.add(*token, (position + offset) as i32, &[0], true)?;
@@ -287,6 +303,37 @@ impl<'m> ChatSession<'m> {
         self.decoder.forget_from(self.next_position as u32)?;
         stats.generation_time = started.elapsed();
         Ok(stats)
+    }
+
+    /// Drafts from the test oracle instead of the draft head (no more than the head
+    /// drafted, which llama.cpp's bookkeeping expects).
+    #[cfg(feature = "test-support")]
+    fn oracle_guesses(&self, position: usize, guesses: Vec<LlamaToken>) -> Vec<LlamaToken> {
+        let Some(oracle) = &self.draft_oracle else {
+            return guesses;
+        };
+        (position + 1..position + 1 + guesses.len())
+            .map_while(|p| {
+                let token = *oracle.tokens.get(p)?;
+                let wrong = oracle.wrong_every > 0 && p % oracle.wrong_every == 0;
+                Some(LlamaToken(if wrong {
+                    (token + 1) % self.engine.n_vocab() as i32
+                } else {
+                    token
+                }))
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "test-support")]
+    pub fn set_draft_oracle(&mut self, oracle: Option<DraftOracle>) {
+        self.draft_oracle = oracle;
+    }
+
+    /// The tokens in the KV cache, in position order.
+    #[cfg(feature = "test-support")]
+    pub fn cached_tokens(&self) -> Vec<i32> {
+        self.cached.iter().map(|t| t.0).collect()
     }
 
     fn forget_from(&mut self, position: usize) -> Result<()> {
