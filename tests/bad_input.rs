@@ -1105,3 +1105,109 @@ fn presets_and_importance_matrices_are_checked() {
     ];
     run_table(&rows);
 }
+
+/// Placement, cache and drafting flags: each bad value is one line naming the flag.
+#[test]
+fn placement_flags_are_checked_before_loading() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let run = |extra: &[&str]| -> Vec<OsString> {
+        let mut args = vec![
+            OsString::from("run"),
+            model.clone().into_os_string(),
+            "-p".into(),
+            "hi".into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        args
+    };
+    let rows = vec![
+        row_os(
+            "unknown buffer",
+            run(&["-ot", "exps=GPU7"]),
+            &["--override-tensor", "GPU7", "unknown buffer"],
+            &[],
+        ),
+        row_os(
+            "malformed regex",
+            run(&["-ot", "ex(ps=CPU"]),
+            &["--override-tensor", "ex(ps", "regular expression"],
+            &[],
+        ),
+        row_os(
+            "override without buffer",
+            run(&["-ot", "exps"]),
+            &["--override-tensor", "REGEX=BUFFER"],
+            &[],
+        ),
+        row_os(
+            "more CPU-MoE layers than the model has",
+            run(&["--n-cpu-moe", "99"]),
+            &["--n-cpu-moe 99", "only 4 layers"],
+            &[],
+        ),
+        row_os(
+            "unknown device",
+            run(&["--device", "CUDA3"]),
+            &["--device CUDA3", "no such device"],
+            &[],
+        ),
+        row_os(
+            "the CPU as a GPU",
+            run(&["-dev", "CPU"]),
+            &["--device CPU", "not a GPU"],
+            &[],
+        ),
+        row_os(
+            "a main GPU that is not there",
+            run(&["-mg", "3"]),
+            &["--main-gpu 3"],
+            &[],
+        ),
+        row_os("negative tensor split", run(&["-ts", "-1"]), &["--tensor-split"], &[]),
+        row_os(
+            "a split for GPUs that are not there",
+            run(&["-ts", "1,1"]),
+            &["--tensor-split", "2 shares"],
+            &[],
+        ),
+        row_os(
+            "gpu layers that are not a number",
+            run(&["-ngl", "many"]),
+            &["--gpu-layers", "many"],
+            &[],
+        ),
+        row_os(
+            "unknown cache type",
+            run(&["-ctk", "q3_k"]),
+            &["--cache-type-k", "q3_k"],
+            &[],
+        ),
+        row_os("no draft tokens", run(&["--draft-max", "0"]), &["--draft-max"], &[]),
+        row_os(
+            "a NaN draft probability",
+            run(&["--draft-p-min", "nan"]),
+            &["--draft-p-min"],
+            &[],
+        ),
+        row_os(
+            "zero repetitions",
+            vec!["bench".into(), model.clone().into_os_string(), "-r".into(), "0".into()],
+            &["--repetitions"],
+            &[],
+        ),
+        row_os(
+            "nothing to bench",
+            vec![
+                "bench".into(),
+                model.clone().into_os_string(),
+                "-p".into(),
+                "0".into(),
+                "-n".into(),
+                "0".into(),
+            ],
+            &["nothing to measure"],
+            &[],
+        ),
+    ];
+    run_table(&rows);
+}

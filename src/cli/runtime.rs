@@ -77,7 +77,12 @@ pub struct PlacementArgs {
     #[arg(long = "split-mode", value_enum, default_value = "layer")]
     pub split_mode: SplitModeArg,
     /// Shares of the model per GPU, e.g. `3,1` (-ts).
-    #[arg(long = "tensor-split", value_name = "LIST", value_delimiter = ',')]
+    #[arg(
+        long = "tensor-split",
+        value_name = "LIST",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
     pub tensor_split: Vec<f32>,
     /// Lock the weights in RAM (no paging out).
     #[arg(long)]

@@ -329,13 +329,13 @@ impl fmt::Display for MemoryPlan {
         }
         writeln!(
             f,
-            "{:<10} {:>12} {:>12} {:>12} {:>12}",
+            "{:<10} {:>13} {:>13} {:>13} {:>13}",
             "device", "weights", "KV cache", "compute", "total"
         )?;
         for d in &self.devices {
             writeln!(
                 f,
-                "{:<10} {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB",
+                "{:<10} {:>9.2} MiB {:>9.2} MiB {:>9.2} MiB {:>9.2} MiB",
                 d.device,
                 d.weights as f64 / MIB,
                 d.kv_cache as f64 / MIB,
