@@ -10,7 +10,7 @@ use std::pin::Pin;
 use anyhow::{anyhow, bail, Result};
 use glm_convert::gguf::GgufHeader;
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
+use llama_cpp_2::model::params::{FitError, LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 
 use super::options::{GpuLayers, LoadOptions, Placement, SplitMode, TensorOverride, DEFAULT_CTX};
@@ -162,16 +162,33 @@ fn fit_to_memory(path: &Path, params: Pin<&mut LlamaModelParams>, header: &GgufH
     let mut margins = vec![FIT_MARGIN_BYTES; llama_cpp_2::max_devices().max(1)];
     let trained = training_context(header).unwrap_or(DEFAULT_CTX);
     super::log::start_capture();
-    let fitted = params
-        .fit_params(
-            &c_path,
-            &mut cparams,
-            &mut margins,
-            DEFAULT_CTX.min(trained),
-            llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR,
-        )
-        .map_err(|e| super::model::refusal(format!("{}: fitting the model into memory", path.display()), e))?;
-    Ok(fitted.n_ctx)
+    let fitted = params.fit_params(
+        &c_path,
+        &mut cparams,
+        &mut margins,
+        DEFAULT_CTX.min(trained),
+        llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR,
+    );
+    match fitted {
+        Ok(fitted) => Ok(fitted.n_ctx),
+        // As llama.cpp's tools do: no placement fits, so load as asked and let the load
+        // say what is short.
+        Err(FitError::Failure) => {
+            eprintln!(
+                "note: {}: no placement fits in free memory; loading every layer on the GPU",
+                path.display()
+            );
+            Ok(if ctx_size > 0 {
+                ctx_size
+            } else {
+                DEFAULT_CTX.min(trained)
+            })
+        }
+        Err(e) => Err(super::model::refusal(
+            format!("{}: llama.cpp cannot load this file", path.display()),
+            e,
+        )),
+    }
 }
 
 /// `<arch>.context_length` of the file.
