@@ -18,6 +18,15 @@ use super::options::{GpuLayers, LoadOptions, Placement, SplitMode, TensorOverrid
 /// Memory llama.cpp's fit leaves free on each device (its own default).
 const FIT_MARGIN_BYTES: usize = 1 << 30;
 
+/// llama.cpp's fit swaps the process-wide log callback for its own while it runs, with
+/// state on its stack; two fits at once would restore each other's freed state. One at
+/// a time.
+static FIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub(super) fn fit_lock() -> std::sync::MutexGuard<'static, ()> {
+    FIT_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One device llama.cpp can use.
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -161,6 +170,7 @@ fn fit_to_memory(path: &Path, params: Pin<&mut LlamaModelParams>, header: &GgufH
     let mut cparams = LlamaContextParams::default().with_n_ctx(std::num::NonZeroU32::new(ctx_size));
     let mut margins = vec![FIT_MARGIN_BYTES; llama_cpp_2::max_devices().max(1)];
     let trained = training_context(header).unwrap_or(DEFAULT_CTX);
+    let _one_fit = fit_lock();
     super::log::start_capture();
     let fitted = params.fit_params(
         &c_path,

@@ -130,6 +130,7 @@ pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result
     if mparams.n_gpu_layers == -1 {
         let mut margins = vec![1usize << 30; max_devices.max(1)];
         let trained = placement::training_context(&header).unwrap_or(super::DEFAULT_CTX);
+        let _one_fit = placement::fit_lock();
         log::start_capture();
         // SAFETY: every pointer is valid for the call: the path is NUL-terminated, the
         // params are initialised, and the split, override and margin buffers have the
