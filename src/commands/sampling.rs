@@ -3,7 +3,7 @@
 //! `generation_config.json`), and glm's own defaults. Each value remembers where it came
 //! from, for `/set` and the run's summary.
 
-use crate::cli::GenerationArgs;
+use crate::cli::{self, GenerationArgs};
 use crate::engine::{Engine, Sampling};
 
 /// Where a sampling value came from.
@@ -24,43 +24,57 @@ impl Source {
     }
 }
 
-/// One sampling setting: its `/set` name, the model's metadata key, glm's default.
-struct Default {
+/// One sampling setting: its `/set` name, the model's metadata key, how a value in the
+/// file is checked (like the flag's, so a NaN or a huge top-k in a file is ignored), and
+/// glm's default.
+struct SamplingDefault {
     name: &'static str,
     key: &'static str,
+    check: fn(&str) -> Option<f64>,
     builtin: f64,
 }
 
 /// The settings models may give defaults for, in `Sampling` order.
-const DEFAULTS: [Default; 6] = [
-    Default {
+const DEFAULTS: [SamplingDefault; 6] = [
+    SamplingDefault {
         name: "temp",
         key: "general.sampling.temp",
+        check: |text| cli::temperature(text).ok().map(f64::from),
         builtin: 0.8,
     },
-    Default {
+    SamplingDefault {
         name: "top-k",
         key: "general.sampling.top_k",
+        check: |text| {
+            text.parse::<i32>()
+                .ok()
+                .filter(|k| (0..=1 << 24).contains(k))
+                .map(f64::from)
+        },
         builtin: 40.0,
     },
-    Default {
+    SamplingDefault {
         name: "top-p",
         key: "general.sampling.top_p",
+        check: |text| cli::probability(text).ok().map(f64::from),
         builtin: 0.95,
     },
-    Default {
+    SamplingDefault {
         name: "min-p",
         key: "general.sampling.min_p",
+        check: |text| cli::probability(text).ok().map(f64::from),
         builtin: 0.05,
     },
-    Default {
+    SamplingDefault {
         name: "repeat-penalty",
         key: "general.sampling.penalty_repeat",
+        check: |text| cli::penalty(text).ok().map(f64::from),
         builtin: 1.0,
     },
-    Default {
+    SamplingDefault {
         name: "repeat-last-n",
         key: "general.sampling.penalty_last_n",
+        check: |text| text.parse::<i32>().ok().filter(|n| *n >= -1).map(f64::from),
         builtin: 64.0,
     },
 ];
@@ -95,7 +109,8 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
     let mut values = [0.0; 6];
     let mut sources = Vec::new();
     for (i, (flag, default)) in flags.iter().zip(&DEFAULTS).enumerate() {
-        let (value, source) = match (flag, model_default(engine, default)) {
+        let in_file = engine.metadata(default.key).and_then(|text| (default.check)(&text));
+        let (value, source) = match (flag, in_file) {
             (Some(v), _) => (*v, Source::Flag),
             (None, Some(v)) => (v, Source::Model),
             (None, None) => (default.builtin, Source::Builtin),
@@ -114,25 +129,6 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
         ignore_eos: args.ignore_eos,
     };
     (sampling, SamplingSources(sources))
-}
-
-/// The model's default for `default`, when it has one that the flag's own parser takes
-/// (a file's value is checked like user input: NaN or a huge top-k is ignored).
-fn model_default(engine: &Engine, default: &Default) -> Option<f64> {
-    let text = engine.metadata(default.key)?;
-    let checked = match default.name {
-        "temp" => crate::cli::temperature(&text).map(f64::from).ok(),
-        "top-p" | "min-p" => crate::cli::probability(&text).map(f64::from).ok(),
-        "repeat-penalty" => crate::cli::penalty(&text).map(f64::from).ok(),
-        "top-k" => text
-            .parse::<i32>()
-            .ok()
-            .filter(|k| (0..=1 << 24).contains(k))
-            .map(f64::from),
-        "repeat-last-n" => text.parse::<i32>().ok().filter(|n| *n >= -1).map(f64::from),
-        _ => None,
-    };
-    checked
 }
 
 fn fresh_seed() -> u32 {
