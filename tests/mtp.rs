@@ -149,3 +149,42 @@ fn greedy_drafting_changes_nothing_on_glm45_moe() {
 fn greedy_drafting_changes_nothing_on_glm47_flash() {
     check_model("glm47flash-tiny");
 }
+
+/// A reply stopped in the middle of a kept draft (Ctrl-C, or an end-of-turn token) leaves
+/// the session able to draft the next turn, with the same text as without drafting.
+#[test]
+fn a_reply_stopped_inside_a_draft_leaves_drafting_usable() {
+    let engine = engine("glm4moe-tiny");
+    let stopped_turns = |draft: Option<DraftOptions>| -> Vec<String> {
+        let mut session = ChatSession::new(&engine, &options(draft)).expect("session");
+        let mut plain = ChatSession::new(&engine, &options(None)).expect("plain");
+        let mut texts = Vec::new();
+        let mut text = String::from("Stop me early");
+        for stop_after in [5, 9, 40] {
+            // The oracle drafts what the plain session says, so drafts are kept.
+            let (reply, _) = turn(&mut plain, &text);
+            let oracle = plain.cached_tokens();
+            session.set_draft_oracle(Some(DraftOracle {
+                tokens: oracle,
+                wrong_every: 0,
+            }));
+            let tokens = session.tokens_for(&text);
+            let mut pieces = 0;
+            let mut shown = String::new();
+            session
+                .respond(&tokens, REPLY_TOKENS, &greedy(), |piece| {
+                    pieces += 1;
+                    shown.push_str(piece);
+                    pieces < stop_after
+                })
+                .expect("reply after a stopped one");
+            assert!(reply.starts_with(&shown), "{shown:?} is not how {reply:?} starts");
+            texts.push(shown.clone());
+            text = format!("{text}{shown} go on");
+            // The plain session continues from the same shortened history.
+            plain.clear();
+        }
+        texts
+    };
+    assert_eq!(stopped_turns(Some(DraftOptions::default())), stopped_turns(None));
+}

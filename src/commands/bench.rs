@@ -109,7 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let records: Vec<_> = results.iter().map(|m| record(&engine, &path, &context, m)).collect();
             println!("{}", serde_json::to_string_pretty(&records)?);
         }
-        BenchFormat::Csv => print!("{}", csv(&engine, &path, &context, &results)),
+        BenchFormat::Csv => print!("{}", csv(&path, &context, &results)),
         BenchFormat::Md | BenchFormat::Jsonl => {}
     }
     Ok(())
@@ -209,9 +209,8 @@ fn record(engine: &Engine, path: &std::path::Path, context: &ContextOptions, m: 
     })
 }
 
-fn csv(engine: &Engine, path: &std::path::Path, context: &ContextOptions, results: &[Measured]) -> String {
+fn csv(path: &std::path::Path, context: &ContextOptions, results: &[Measured]) -> String {
     let mut out = String::from("model_filename,n_threads,n_batch,n_ubatch,n_prompt,n_gen,avg_ts,stddev_ts\n");
-    let _ = engine;
     for m in results {
         let _ = writeln!(
             out,

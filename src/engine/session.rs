@@ -254,7 +254,7 @@ impl<'m> ChatSession<'m> {
         let mut utf8 = encoding_rs::UTF_8.new_decoder();
         let (mut piece, mut text) = (Vec::new(), String::new());
         let started = Instant::now();
-        'reply: while stats.generated_tokens < max_tokens && self.next_position < n_ctx {
+        while stats.generated_tokens < max_tokens && self.next_position < n_ctx {
             let position = self.next_position;
             let room = (n_ctx - position - 1).min(max_tokens - stats.generated_tokens - 1);
             let guesses = self.decoder.draft(position as u32, last, room)?;
@@ -268,17 +268,20 @@ impl<'m> ChatSession<'m> {
             self.remember(last, &last_piece);
             self.next_position += 1;
             let mut kept = 0;
+            let mut stop = false;
             for index in 0..=guesses.len() {
                 let token = sampler.sample(self.decoder.target(), index as i32);
                 if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
                     stats.stopped_at_end_of_turn = true;
-                    break 'reply;
+                    stop = true;
+                    break;
                 }
                 stats.generated_tokens += 1;
                 self.engine.piece(token, &mut piece);
                 decode_piece(&mut utf8, &piece, &mut text);
                 if !text.is_empty() && !on_text(&text) {
-                    break 'reply;
+                    stop = true;
+                    break;
                 }
                 if guesses.get(index) != Some(&token) {
                     // Not evaluated yet: the next step starts from it.
@@ -294,13 +297,16 @@ impl<'m> ChatSession<'m> {
                     break;
                 }
             }
+            // The drafter is told what was kept however the step ended: it refuses to draft
+            // again until it knows.
             stats.draft.drafted += guesses.len();
             stats.draft.accepted += kept;
             self.decoder.accept(kept, guesses.len())?;
             self.decoder.forget_from(self.next_position as u32)?;
+            if stop {
+                break;
+            }
         }
-        // Drafted positions past what was kept leave the cache.
-        self.decoder.forget_from(self.next_position as u32)?;
         stats.generation_time = started.elapsed();
         Ok(stats)
     }
