@@ -430,16 +430,18 @@ def main():
         outs = [(q, gguf_path(args.gguf_dir, name, q)) for q in args.quant or model["quants"]]
         if not args.no_convert and marker_matches(ckpt, spec) and all(gguf_current(out, ckpt) for _, out in outs):
             print(f"{name}: " + ", ".join(out for _, out in outs) + " up to date", flush=True)
-            continue
-        write_checkpoint(name, model, spec, ckpt)
-        if args.no_convert:
-            continue
-        for quant, out in outs:
-            convert(glm, name, ckpt, out, quant)
+        else:
+            write_checkpoint(name, model, spec, ckpt)
+            if args.no_convert:
+                continue
+            for quant, out in outs:
+                convert(glm, name, ckpt, out, quant)
         if args.prune:
-            for f in os.listdir(ckpt):
-                if f.endswith(".safetensors"):
-                    os.remove(os.path.join(ckpt, f))
+            pruned = [f for f in os.listdir(ckpt) if f.endswith(".safetensors")]
+            for f in pruned:
+                os.remove(os.path.join(ckpt, f))
+            if pruned:
+                print(f"{name}: deleted the checkpoint's {len(pruned)} weight files (--prune)", flush=True)
 
 if __name__ == "__main__":
     main()

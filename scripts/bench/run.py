@@ -18,9 +18,10 @@ tools that build-reference-tools.sh builds. Sections (each can be skipped with -
              -c 4096 -no-cnv --no-display-prompt`: wall time from process start to exit
              (model load included) and time to first token (process start to the first
              visible byte on stdout), alternated, ROUNDS rounds, medians and ratios.
-  mtp        `glm run` on the NextN model with and without MTP (flags --mtp-on/--mtp-off),
-             alternated: generation tokens/s, speedup, acceptance rate (regex --mtp-regex
-             on glm's stderr).
+  mtp        on the NextN model, alternated: `glm bench -p 0 -n 128` with and without
+             --mtp (tg tokens/s, speedup), and `glm run` with --mtp-on / --mtp-off
+             (generation tokens/s, speedup, wall time, acceptance rate read from glm's
+             stderr with --mtp-regex).
 
 The report (markdown) is printed, written to OUT_DIR/report-<time>.md with the raw
 measurements beside it as JSON, and with --update FILE put between the markers
@@ -155,9 +156,10 @@ def bench_section(args, files, data):
             lb = [rd["llama"][t]["avg_ts"] for rd in rounds if rd["llama"] and t in rd["llama"]]
             paired = [rd["glm"][t]["avg_ts"] / rd["llama"][t]["avg_ts"] for rd in rounds
                       if rd["glm"] and rd["llama"] and t in rd["glm"] and t in rd["llama"]]
+            pair = [rd for rd in rounds if rd["glm"] and rd["llama"] and t in rd["glm"] and t in rd["llama"]]
             mismatch = [k for k in ("n_threads", "n_batch", "n_ubatch", "type_k", "type_v", "flash_attn")
-                        if rounds[0]["glm"] and rounds[0]["llama"] and t in rounds[0]["glm"]
-                        and rounds[0]["glm"][t].get(k) != rounds[0]["llama"][t].get(k)]
+                        if pair and k in pair[0]["glm"][t] and k in pair[0]["llama"][t]
+                        and pair[0]["glm"][t][k] != pair[0]["llama"][t][k]]
             rows.append(dict(model=model, type=qtype, test=t, glm=mean(g), glm_sd=sd(g), llama=mean(lb), llama_sd=sd(lb),
                              ratio=mean(g) / mean(lb) if g and lb else None, paired=paired, mismatch=mismatch))
     return rows
@@ -238,14 +240,24 @@ def mtp_section(args, data):
     if not os.path.exists(path):
         errors.append(f"mtp: {path} is missing (make-checkpoints.py glm45-moe-nextn)")
         return []
-    cmds = {"off": glm_run_cmd(args, path, shlex.split(args.mtp_off)),
-            "on": glm_run_cmd(args, path, shlex.split(args.mtp_on))}
     warm_page_cache(path)
+    tg = f"tg{args.n_gen}"
+    bench_cmds = {who: [args.glm, "bench", path, "-p", "0", "-n", str(args.n_gen), "-r", str(args.reps),
+                        "-t", str(args.threads), "--output", "json"] + shlex.split(extra)
+                  for who, extra in (("off", ""), ("on", args.mtp_bench_on))}
+    bench = {"off": [], "on": []}
+    for r in range(args.rounds):
+        for who in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
+            recs = bench_records(f"mtp bench {who} round {r + 1}", bench_cmds[who], args.timeout)
+            if recs and tg in recs:
+                bench[who].append(recs[tg]["avg_ts"])
+    run_cmds = {"off": glm_run_cmd(args, path, shlex.split(args.mtp_off)),
+                "on": glm_run_cmd(args, path, shlex.split(args.mtp_on))}
     regex = re.compile(args.mtp_regex)
     samples = {"off": [], "on": []}
     for r in range(args.run_rounds):
         for who in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
-            res = checked(f"mtp {who} round {r + 1}", cmds[who], args.timeout)
+            res = checked(f"mtp run {who} round {r + 1}", run_cmds[who], args.timeout)
             if res is None:
                 continue
             total, first, out, err = res
@@ -254,14 +266,21 @@ def mtp_section(args, data):
             if m:
                 value = float(m.group(1))
                 s["acceptance"] = value / 100 if value > 1 or "%" in m.group(0) else value
+            else:
+                s["stderr_tail"] = err.strip().splitlines()[-3:]
             samples[who].append(s)
-    data["mtp"] = {"file": path, "samples": samples, "commands": {k: shlex.join(v) for k, v in cmds.items()}}
+    data["mtp"] = {"file": path, "bench": bench, "samples": samples,
+                   "commands": {f"bench {k}": shlex.join(v) for k, v in bench_cmds.items()}
+                   | {f"run {k}": shlex.join(v) for k, v in run_cmds.items()}}
     off, on = samples["off"], samples["on"]
     off_tps, on_tps = median(s.get("gen_tps") for s in off), median(s.get("gen_tps") for s in on)
-    return [dict(model=args.mtp_model, type=args.mtp_type.upper(), off_tps=off_tps, on_tps=on_tps,
+    b_off, b_on = mean(bench["off"]), mean(bench["on"])
+    wall_off, wall_on = median(s["wall_s"] for s in off), median(s["wall_s"] for s in on)
+    return [dict(model=args.mtp_model, type=args.mtp_type.upper(), bench_off=b_off, bench_on=b_on,
+                 bench_speedup=b_on / b_off if b_on and b_off else None, off_tps=off_tps, on_tps=on_tps,
                  speedup=on_tps / off_tps if on_tps and off_tps else None,
                  acceptance=median(s.get("acceptance") for s in on),
-                 wall_ratio=(median(s["wall_s"] for s in on) or 0) / (median(s["wall_s"] for s in off) or 1))]
+                 wall_ratio=wall_on / wall_off if wall_on and wall_off else None)]
 
 
 # --------------------------------------------------------------------------------------
@@ -350,13 +369,15 @@ def report(args, data, bench, run, mtp, bw):
                          f"{f(tratio, 3)} | {same} |")
         lines.append("")
     if mtp:
-        lines += [f"### MTP (NextN) speculative decoding, `glm run`, greedy ({args.run_rounds} alternated rounds, "
-                  "medians)", "",
-                  "| model | type | without MTP t/s | with MTP t/s | speedup | acceptance | wall time ratio |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"### MTP (NextN) speculative decoding, greedy: `glm bench` tg{args.n_gen} ({args.rounds} alternated "
+                  f"rounds) and `glm run` ({args.run_rounds} alternated rounds, medians)", "",
+                  "| model | type | bench t/s without MTP | with MTP | speedup | run t/s without MTP | with MTP | "
+                  "speedup | acceptance | run wall time ratio |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in mtp:
-            lines.append(f"| {r['model']} | {r['type']} | {f(r['off_tps'])} | {f(r['on_tps'])} | **{f(r['speedup'], 3)}** | "
-                         f"{f(r['acceptance'], 3)} | {f(r['wall_ratio'], 3)} |")
+            lines.append(f"| {r['model']} | {r['type']} | {f(r['bench_off'])} | {f(r['bench_on'])} | "
+                         f"**{f(r['bench_speedup'], 3)}** | {f(r['off_tps'])} | {f(r['on_tps'])} | "
+                         f"**{f(r['speedup'], 3)}** | {f(r['acceptance'], 3)} | {f(r['wall_ratio'], 3)} |")
         lines.append("")
     if errors:
         lines += ["### Errors", ""] + [f"- {e.splitlines()[0]}" for e in errors] + [""]
@@ -402,6 +423,7 @@ def main():
     ap.add_argument("--mtp-model", default="glm45-moe-nextn")
     ap.add_argument("--mtp-type", default="Q4_K_M")
     ap.add_argument("--mtp-on", default="--mtp", help="glm run arguments that turn MTP on")
+    ap.add_argument("--mtp-bench-on", default="--mtp", help="glm bench arguments that turn MTP on")
     ap.add_argument("--mtp-off", default="--no-mtp", help="glm run arguments that turn MTP off")
     ap.add_argument("--mtp-regex", default=r"accept\w*\D{0,20}?([\d.]+)\s*%?",
                     help="regex on glm run's stderr; group 1 is the acceptance (a fraction, or percent)")
