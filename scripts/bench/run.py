@@ -263,7 +263,10 @@ def mtp_section(args, data):
             total, first, out, err = res
             s = {"wall_s": total, **parse_glm_run(err)}
             m = regex.search(err)
-            if m:
+            if m and regex.groups >= 2:  # drafted, accepted
+                s["drafted"], s["accepted"] = int(m.group(1)), int(m.group(2))
+                s["acceptance"] = s["accepted"] / s["drafted"] if s["drafted"] else None
+            elif m:  # one number: a fraction, or a percentage
                 value = float(m.group(1))
                 s["acceptance"] = value / 100 if value > 1 or "%" in m.group(0) else value
             else:
@@ -276,10 +279,12 @@ def mtp_section(args, data):
     off_tps, on_tps = median(s.get("gen_tps") for s in off), median(s.get("gen_tps") for s in on)
     b_off, b_on = mean(bench["off"]), mean(bench["on"])
     wall_off, wall_on = median(s["wall_s"] for s in off), median(s["wall_s"] for s in on)
+    drafted, accepted = sum(s.get("drafted", 0) for s in on), sum(s.get("accepted", 0) for s in on)
+    acceptance = accepted / drafted if drafted else median(s.get("acceptance") for s in on)
     return [dict(model=args.mtp_model, type=args.mtp_type.upper(), bench_off=b_off, bench_on=b_on,
                  bench_speedup=b_on / b_off if b_on and b_off else None, off_tps=off_tps, on_tps=on_tps,
                  speedup=on_tps / off_tps if on_tps and off_tps else None,
-                 acceptance=median(s.get("acceptance") for s in on),
+                 acceptance=acceptance,
                  wall_ratio=wall_on / wall_off if wall_on and wall_off else None)]
 
 
@@ -425,8 +430,9 @@ def main():
     ap.add_argument("--mtp-on", default="--mtp", help="glm run arguments that turn MTP on")
     ap.add_argument("--mtp-bench-on", default="--mtp", help="glm bench arguments that turn MTP on")
     ap.add_argument("--mtp-off", default="--no-mtp", help="glm run arguments that turn MTP off")
-    ap.add_argument("--mtp-regex", default=r"accept\w*\D{0,20}?([\d.]+)\s*%?",
-                    help="regex on glm run's stderr; group 1 is the acceptance (a fraction, or percent)")
+    ap.add_argument("--mtp-regex", default=r"mtp: (\d+) drafted, (\d+) accepted",
+                    help="regex on glm run's stderr: two groups (drafted, accepted tokens), or one "
+                         "(the acceptance as a fraction or a percentage)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per command")
     ap.add_argument("--out-dir", default=os.path.join(BENCH_HOME, "results"))
     ap.add_argument("--update", metavar="FILE", help="put the report between FILE's bench-results markers")
