@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import select
 import shlex
 import statistics
 import subprocess
@@ -70,15 +71,16 @@ def run_capture(cmd, timeout):
         first, out = None, []
         deadline = t0 + timeout
         while True:
+            ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.perf_counter()))
+            if not ready:  # no output until the deadline
+                p.kill()
+                break
             chunk = os.read(p.stdout.fileno(), 65536)
             if not chunk:
                 break
             if first is None and chunk.strip():
                 first = time.perf_counter() - t0
             out.append(chunk)
-            if time.perf_counter() > deadline:
-                p.kill()
-                break
         try:
             rc = p.wait(timeout=max(1, deadline - time.perf_counter()))
         except subprocess.TimeoutExpired:
