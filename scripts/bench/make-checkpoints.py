@@ -20,9 +20,10 @@ generation_config.json and the tokenizer files of the matching tests/fixtures mo
 
 Only numpy is needed. Tensors are drawn and written one row block at a time, so memory
 stays well under 2 GB whatever the model. A finished checkpoint has a marker file
-holding its spec; a second run with the same spec skips it, and skips conversions whose
-GGUF exists. With --glm (or glm found at ~/.cache/glm-target/release/glm or on PATH) each
-checkpoint is converted with `glm convert DIR -o FILE --quant TYPE` into GGUF_DIR.
+holding its spec, and each GGUF a FILE.spec holding the spec it was converted from; a
+second run skips what matches (--reconvert converts again, e.g. after a glm change).
+Each checkpoint is converted with `glm convert DIR -o FILE --quant TYPE` into GGUF_DIR,
+with --glm, or glm from ~/.cache/glm-target/release or PATH.
 
 The weights are random but arranged so that greedy generation is predictable, which the
 benchmarks need and which costs nothing in speed (the sizes and types are those of real
@@ -50,7 +51,11 @@ import sys
 import time
 import zlib
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    sys.exit("make-checkpoints: numpy is missing; `python3 -m venv ~/.cache/glm-bench/venv && "
+             "~/.cache/glm-bench/venv/bin/pip install numpy`, then run it with that Python")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -331,10 +336,13 @@ def gguf_path(gguf_dir, name, quant):
     return os.path.join(gguf_dir, f"{name}-{quant.upper()}.gguf")
 
 
-def gguf_current(path, out_dir):
-    """The GGUF exists and was written after the checkpoint was finished."""
-    marker = os.path.join(out_dir, ".glm-bench-complete")
-    return os.path.exists(path) and os.path.exists(marker) and os.path.getmtime(path) >= os.path.getmtime(marker)
+def gguf_current(path, spec):
+    """The GGUF exists and was converted from a checkpoint with this spec (its .spec file)."""
+    try:
+        with open(path + ".spec") as f:
+            return os.path.exists(path) and f.read() == json.dumps(spec, sort_keys=True)
+    except OSError:
+        return False
 
 
 def write_checkpoint(name, model, spec, out_dir):
@@ -389,15 +397,16 @@ def find_glm(explicit):
     return shutil.which("glm")
 
 
-def convert(glm, name, ckpt, out, quant):
-    if gguf_current(out, ckpt):
-        print(f"{name}: {out} is up to date", flush=True)
-        return
+def convert(glm, name, ckpt, out, quant, spec):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     t0 = time.time()
     cmd = ["nice", "-n", "19", glm, "convert", ckpt, "-o", out, "--quant", quant, "--force"]
     print("+ " + " ".join(cmd), flush=True)
+    if os.path.exists(out + ".spec"):
+        os.remove(out + ".spec")
     subprocess.run(cmd, check=True)
+    with open(out + ".spec", "w") as f:
+        f.write(json.dumps(spec, sort_keys=True))
     print(f"{name}: {out} {os.path.getsize(out) / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
 
 
@@ -410,6 +419,7 @@ def main():
     ap.add_argument("--no-convert", action="store_true", help="only write the checkpoints")
     ap.add_argument("--quant", action="append", help="convert to these presets instead of each model's default")
     ap.add_argument("--prune", action="store_true", help="delete each checkpoint's weights once converted")
+    ap.add_argument("--reconvert", action="store_true", help="convert again even if the GGUFs are up to date")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--flash-layers", type=int, default=6)
     ap.add_argument("--glm45-layers", type=int, default=4, help="trunk layers (the NextN layer comes on top)")
@@ -428,14 +438,15 @@ def main():
         ckpt = os.path.join(args.out, name)
         spec = spec_of(name, model, args)
         outs = [(q, gguf_path(args.gguf_dir, name, q)) for q in args.quant or model["quants"]]
-        if not args.no_convert and marker_matches(ckpt, spec) and all(gguf_current(out, ckpt) for _, out in outs):
-            print(f"{name}: " + ", ".join(out for _, out in outs) + " up to date", flush=True)
-        else:
+        todo = [(q, out) for q, out in outs if args.reconvert or not gguf_current(out, spec)]
+        if args.no_convert or todo:
             write_checkpoint(name, model, spec, ckpt)
-            if args.no_convert:
-                continue
+        if not args.no_convert:
             for quant, out in outs:
-                convert(glm, name, ckpt, out, quant)
+                if (quant, out) in todo:
+                    convert(glm, name, ckpt, out, quant, spec)
+                else:
+                    print(f"{name}: {out} is up to date", flush=True)
         if args.prune:
             pruned = [f for f in os.listdir(ckpt) if f.endswith(".safetensors")]
             for f in pruned:
