@@ -42,7 +42,6 @@ random weights):
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
