@@ -3,9 +3,11 @@
 # software Vulkan driver (lavapipe), so the Vulkan backend is tested without a GPU.
 #
 # For each tiny fixture checkpoint the CPU glm converts it to an f32 GGUF; the CPU and
-# the Vulkan glm then print the logits of every position of one prompt, and the largest
-# |difference| must stay under VK_TOLERANCE. The Vulkan run must also show, in its log,
-# that llama.cpp put the model on the lavapipe device.
+# the Vulkan glm then print the logits of every position of each token sequence of the
+# fixture's reference.json (and, for the vision fixtures, of its image prompt), and the
+# largest |difference| must stay under VK_TOLERANCE (VK_IMAGE_TOLERANCE with an image).
+# The Vulkan run must also show, in llama.cpp's log, that the model (and the projector)
+# went to the lavapipe device, every layer of it.
 #
 # Debian/Ubuntu. Installs, only when missing (a second run reuses everything):
 #   * apt: mesa-vulkan-drivers (lavapipe), libvulkan1 (the loader), glslc;
@@ -23,14 +25,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-# Largest |Δlogit| allowed between the CPU and the lavapipe build, over all positions,
-# vocabulary entries and fixtures. Measured on this llama.cpp (Debian 12, Mesa 22.3.6
-# lavapipe, x86-64): see BENCHMARKS.md, "Vulkan parity". Both runs use f32 weights, an f32
-# KV cache and no flash attention, so what differs is only the order of float additions
-# (tiled matmul / softmax reductions in the shaders against ggml-cpu's SIMD ones).
-# VK_TOLERANCE is set at about 10x the largest difference seen, low enough that a wrong
-# kernel (which moves logits by 1e-1 or more) still fails.
-VK_TOLERANCE=${VK_TOLERANCE:-2e-4}
+# Largest |Δlogit| allowed between the CPU and the lavapipe build, over all positions and
+# vocabulary entries of a case. Both builds run f32 weights, an f32 KV cache and no flash
+# attention, but ggml-vulkan's matrix multiplication copies operands that are not
+# contiguous in memory to f16 first — in attention, the permuted Q/K/V views — so the
+# Vulkan logits carry f16 rounding: measured on this llama.cpp (Debian 12, Mesa 22.3.6
+# lavapipe, x86-64; BENCHMARKS.md, "Vulkan parity"), at most 0.060 over the token cases
+# (logits up to ~21, rows with a standard deviation of ~4.4; 3.2e-3 of the largest logit)
+# and 0.157 for a prompt with an image, where the vision projector runs on Vulkan as
+# well. The tolerances are about 3x those: room for another driver's or CPU's rounding,
+# while a broken kernel, which moves logits by units, still fails.
+VK_TOLERANCE=${VK_TOLERANCE:-0.2}
+VK_IMAGE_TOLERANCE=${VK_IMAGE_TOLERANCE:-0.5}
 
 sdk=${GLM_VULKAN_SDK:-$HOME/.cache/glm-vulkan-sdk}
 vk_target=${GLM_VULKAN_TARGET_DIR:-$HOME/.cache/glm-target-vulkan}
@@ -101,9 +107,9 @@ vk_hdr_version=$(awk '/^#define VK_HEADER_VERSION / {print $3}' "$sdk/prefix/inc
 say "Vulkan headers 1.x.$vk_hdr_version in $sdk/prefix, loader $vk_loader, ICD $icd"
 
 # --- 3. Build ------------------------------------------------------------------------
-# Release, like the CPU build it is compared with and like what ships: a debug build
-# would also compile llama.cpp at -O0 (CMAKE_BUILD_TYPE follows cargo's profile), which
-# makes the CPU half of the Vulkan build a different program.
+# Release, like the CPU build it is compared with and like what ships. llama.cpp's CMake
+# build type follows cargo's profile (Release, or RelWithDebInfo for a debug build), so a
+# debug Vulkan build would differ from the release CPU build in more than the backend.
 # GGML_* variables are forwarded to llama.cpp's CMake and fingerprinted by cargo, so the
 # run-time GGML_VK_VISIBLE_DEVICES must not reach the build (it would force a rebuild).
 build_env=(env -u GGML_VK_VISIBLE_DEVICES
@@ -156,21 +162,28 @@ manifest=$work/cases.tsv
 # The last line of a glm error log that is glm's own, not llama.cpp's.
 reason() { grep -v -E '^(llama|load|print_info|ggml|clip|mtmd|\.)' "$1" | tail -n1; }
 
-# One logits run of each build; $1 = case name, the rest = `glm logits` arguments.
+# One logits run of each build; $1 = case name, $2 = its tolerance, the rest = `glm
+# logits` arguments.
 both() {
-    local name=$1 off
-    shift
+    local name=$1 tolerance=$2 off
+    shift 2
     "$glm_cpu" logits "$@" "${exact[@]}" -o "$work/$name.cpu.json" --force \
         2>"$work/$name.cpu.log" || die "$name: the CPU glm failed: $(reason "$work/$name.cpu.log")"
     "${vk_env[@]}" "$glm_vk" logits "$@" "${exact[@]}" -o "$work/$name.vk.json" --force \
         2>"$work/$name.vk.log" || die "$name: the Vulkan glm failed: $(reason "$work/$name.vk.log")"
-    # The model must have gone to lavapipe, every layer of it.
+    # The model must have gone to lavapipe, every layer of it, and so must the projector.
     grep -q 'using device Vulkan0 (llvmpipe' "$work/$name.vk.log" \
         || die "$name: llama.cpp did not use the lavapipe device (log: $work/$name.vk.log)"
+    case "$*" in *--image*)
+        grep -q 'CLIP using Vulkan0 backend' "$work/$name.vk.log" \
+            || die "$name: the vision projector did not run on Vulkan (log: $work/$name.vk.log)"
+        ;;
+    esac
     off=$(grep -o -m1 'offloaded [0-9]*/[0-9]* layers to GPU' "$work/$name.vk.log" || true)
     [ -n "$off" ] && [ "$(echo "$off" | awk -F'[ /]' '{print ($2 == $3)}')" = 1 ] \
         || die "$name: not every layer was offloaded (${off:-no offload line in $work/$name.vk.log})"
-    printf '%s\t%s\t%s\n' "$name" "$work/$name.cpu.json" "$work/$name.vk.json" >>"$manifest"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$tolerance" "$work/$name.cpu.json" "$work/$name.vk.json" \
+        >>"$manifest"
 }
 
 for model in "${models[@]}"; do
@@ -186,25 +199,27 @@ for case in json.load(open(sys.argv[1]))["logits"]:
     print(case["name"], ",".join(str(t) for t in case["tokens"]))
 EOF
     while read -r case tokens; do
-        both "$model.$case" "$gguf" --tokens "$tokens" --all
+        both "$model.$case" "$VK_TOLERANCE" "$gguf" --tokens "$tokens" --all
     done <"$work/$model.cases"
     # Vision fixtures: also the reference's prompt with its image (the projector on Vulkan).
     case $vision in *" $model "*)
         text=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["image"]["messages"][0]["content"][1]["text"])' \
             "$fixtures/$model/reference.json")
-        both "$model.image" "$gguf" --prompt "$text" --no-think --image "$fixtures/$model/image.png"
+        both "$model.image" "$VK_IMAGE_TOLERANCE" "$gguf" --prompt "$text" --no-think --image "$fixtures/$model/image.png"
         ;;
     esac
 done
 
-# Largest |Δlogit| per case; fails above VK_TOLERANCE or where a row's argmax differs.
-python3 - "$manifest" "$VK_TOLERANCE" <<'EOF'
+# Largest |Δlogit| per case against its tolerance. (Top-1 tokens are only counted: the
+# tolerance bounds every logit, so the top-1 can change only where the CPU's top two are
+# closer than twice the tolerance, and all-positions rows have near ties.)
+python3 - "$manifest" <<'EOF'
 import json, sys
-manifest, tolerance = sys.argv[1], float(sys.argv[2])
-worst, worst_case, failures = 0.0, "", []
-print(f"{'case':<36} {'rows':>4} {'max|logit|':>10} {'max|Δ|':>10} {'rel':>9}")
-for line in open(manifest):
-    name, cpu_file, vk_file = line.rstrip("\n").split("\t")
+failures, total_rows, flips = [], 0, 0
+print(f"{'case':<36} {'rows':>4} {'max|logit|':>10} {'max|Δ|':>9} {'rel':>8} {'tolerance':>9}")
+for line in open(sys.argv[1]):
+    name, tolerance, cpu_file, vk_file = line.rstrip("\n").split("\t")
+    tolerance = float(tolerance)
     cpu, vk = json.load(open(cpu_file)), json.load(open(vk_file))
     if cpu["tokens"] != vk["tokens"]:
         failures.append(f"{name}: the two builds evaluated different tokens")
@@ -213,20 +228,18 @@ for line in open(manifest):
         failures.append(f"{name}: logits of different shapes")
         continue
     diff = scale = 0.0
-    for position, (a, b) in enumerate(zip(cpu["logits"], vk["logits"])):
+    for a, b in zip(cpu["logits"], vk["logits"]):
         diff = max(diff, max(abs(x - y) for x, y in zip(a, b)))
         scale = max(scale, max(abs(x) for x in a))
-        if a.index(max(a)) != b.index(max(b)):
-            failures.append(f"{name} position {position}: argmax differs")
-    print(f"{name:<36} {len(cpu['logits']):>4} {scale:>10.4f} {diff:>10.3e} {diff / scale:>9.2e}")
-    if diff >= worst:
-        worst, worst_case = diff, name
-    if diff > tolerance:
-        failures.append(f"{name}: max |Δlogit| {diff:.3e} > tolerance {tolerance:.1e}")
-print(f"worst: {worst:.3e} ({worst_case}), tolerance {tolerance:.1e}")
+        flips += a.index(max(a)) != b.index(max(b))
+        total_rows += 1
+    print(f"{name:<36} {len(cpu['logits']):>4} {scale:>10.4f} {diff:>9.3e} {diff / scale:>8.2e} {tolerance:>9}")
+    if not diff <= tolerance:
+        failures.append(f"{name}: max |Δlogit| {diff:.3e} > tolerance {tolerance}")
+print(f"top-1 token differs in {flips} of {total_rows} rows")
 if failures:
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     print(f"check-vulkan: FAIL: {failures[0]}{more}", file=sys.stderr)
     sys.exit(1)
 EOF
-say "OK: $(wc -l <"$manifest") cases on lavapipe within $VK_TOLERANCE of the CPU build"
+say "OK: $(wc -l <"$manifest") cases on lavapipe within tolerance of the CPU build"
