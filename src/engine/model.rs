@@ -80,7 +80,7 @@ impl Engine {
         let header = glm_convert::gguf::read_file(path)?.header;
         check_model(&header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
         let backend = backend()?;
-        let params = placement::model_params(path, &header, options, options.ctx_size)?;
+        let params = placement::model_params(path, &header, options)?;
         log::start_capture();
         let model = LlamaModel::load_from_file(backend, path, &params.params)
             .map_err(|e| refusal(format!("{}: llama.cpp cannot load this file", path.display()), e))?;

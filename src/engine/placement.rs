@@ -78,14 +78,8 @@ pub(super) struct ModelParams {
 
 /// Builds and checks the parameters; with `-ngl auto` (and no tensor overrides, which
 /// llama.cpp's fit cannot combine with its own) fits layers and context into free memory.
-/// `ctx_size` 0 lets the fit choose the context too.
-/// With `plan_only` llama.cpp plans the buffers without allocating them.
-pub(super) fn model_params(
-    path: &Path,
-    header: &GgufHeader,
-    options: &LoadOptions,
-    ctx_size: u32,
-) -> Result<ModelParams> {
+/// Without a context size in `options` the fit chooses the context too.
+pub(super) fn model_params(path: &Path, header: &GgufHeader, options: &LoadOptions) -> Result<ModelParams> {
     let placement = &options.placement;
     let overrides = checked_overrides(placement, header)?;
     let mut params = LlamaModelParams::default()
@@ -113,7 +107,7 @@ pub(super) fn model_params(
     let mut params = Box::pin(params);
     let fit = placement.gpu_layers == GpuLayers::Auto && overrides.is_empty() && !options.vocab_only;
     let fitted_ctx = if fit {
-        Some(fit_to_memory(path, params.as_mut(), header, ctx_size)?)
+        Some(fit_to_memory(path, params.as_mut(), header, options.ctx_size)?)
     } else {
         None
     };
