@@ -71,8 +71,11 @@ unsafe extern "C" fn capture(level: ggml_log_level, text: *const c_char, _user: 
         LAST_LEVEL.store(level, Ordering::Relaxed);
         level
     };
+    if level != GGML_LOG_LEVEL_ERROR {
+        return;
+    }
     let line = text.trim();
-    if level != GGML_LOG_LEVEL_ERROR || line.is_empty() {
+    if line.is_empty() {
         return;
     }
     let mut errors = errors();
