@@ -2,25 +2,28 @@
 # Proves that `--features cuda` compiles and links without an NVIDIA GPU, driver or
 # system CUDA install: a CUDA 13 toolkit is assembled from NVIDIA's PyPI wheels in a
 # private prefix, and glm is built against it for one GPU architecture. Nothing runs on
-# a GPU; the build is the test.
+# a GPU; the build is the test. Last, the binary is started once with the driver stub in
+# place of libcuda.so.1: ggml's CUDA backend must report the stub and glm must compute
+# logits of a fixture on the CPU.
 #
 # Installs, only when missing (a second run reuses the prefix and the build):
 #   $GLM_CUDA_PREFIX (default $HOME/.cache/glm-cuda13)
 #     wheels/            the downloaded wheels (`pip download --no-deps`)
 #     root/nvidia/cu13/  the unpacked toolkit: bin/nvcc, nvvm/bin/cicc, include, lib
-#     shim/              link-time stand-ins, see below
+#     cuda -> root/nvidia/cu13  (CUDA_PATH)
 # and fixes what the wheels leave out of a toolkit: the unversioned libcudart.so /
 # libcublas.so / libcublasLt.so links that CMake's FindCUDAToolkit looks for, a lib64
-# link (nvcc.profile's library path), and lib/stubs/libcuda.so, a driver stub made from
-# the toolkit's own cuda.h: every driver entry point, returning CUDA_ERROR_STUB_LIBRARY
-# (what NVIDIA's stubs do; a real driver replaces it at run time, libcuda.so.1).
+# link (nvcc.profile's and llama-cpp-sys-2's library path), and lib/stubs/libcuda.so, a
+# driver stub made from the toolkit's own cuda.h: every driver entry point, returning
+# CUDA_ERROR_STUB_LIBRARY (what NVIDIA's stubs do; the driver's libcuda.so.1 takes its
+# place at run time).
 #
 # The link: on Linux llama-cpp-sys-2 links cuBLAS statically (libcublas_static.a,
 # libcublasLt_static.a, with libculibos.a and libcudart_static.a). The wheels carry only
-# the shared cuBLAS, so shim/ holds two empty archives under the static names and the
-# glm binary is linked with -lcublas -lcublasLt instead (`cargo rustc -- -C link-arg`),
-# the same symbols from the shared libraries. Everything else — llama.cpp's CMake
-# configuration, every ggml-cuda kernel, the static cudart — is what a machine with
+# the shared cuBLAS, so lib/stubs also gets two empty archives under the static names,
+# and the glm binary is linked with -lcublas -lcublasLt instead (`cargo rustc -- -C
+# link-arg`): the same symbols, from the shared libraries. Everything else — llama.cpp's
+# CMake configuration, every ggml-cuda kernel, the static cudart — is what a machine with
 # NVIDIA's full toolkit builds with `cargo build --release --features cuda`.
 #
 # Environment:
@@ -45,15 +48,14 @@ wheels=(
     nvidia-cuda-culibos==13.0.85
     nvidia-cublas==13.0.2.14
 )
-cuda=$prefix/root/nvidia/cu13
-shim=$prefix/shim
+cuda=$prefix/cuda
 
 say() { echo "check-cuda: $*" >&2; }
 die() { echo "check-cuda: FAIL: $*" >&2; exit 1; }
 
 # --- 1. The toolkit ------------------------------------------------------------------
 stamp=$prefix/root/.wheels
-if [ "$(cat "$stamp" 2>/dev/null)" != "${wheels[*]}" ] || [ ! -x "$cuda/bin/nvcc" ]; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "${wheels[*]}" ] || [ ! -x "$prefix/root/nvidia/cu13/bin/nvcc" ]; then
     command -v python3 >/dev/null 2>&1 || die "python3 (with pip) is needed to fetch the CUDA wheels"
     command -v unzip >/dev/null 2>&1 || die "unzip is needed to unpack the CUDA wheels"
     say "fetching ${wheels[*]} into $prefix"
@@ -68,6 +70,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "${wheels[*]}" ] || [ ! -x "$cuda/bin/nvcc
     done
     echo "${wheels[*]}" >"$stamp"
 fi
+ln -sfn root/nvidia/cu13 "$cuda"
 [ -x "$cuda/bin/nvcc" ] && [ -x "$cuda/nvvm/bin/cicc" ] || die "the wheels did not give $cuda/bin/nvcc and nvvm/bin/cicc"
 ln -sfn lib "$cuda/lib64"
 for lib in cudart cublas cublasLt; do
@@ -87,9 +90,8 @@ for name in names:
 ' >"$prefix/libcuda-stub.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda/lib/stubs/libcuda.so" "$prefix/libcuda-stub.c"
 fi
-mkdir -p "$shim"
 for lib in cublas_static cublasLt_static; do
-    [ -f "$shim/lib$lib.a" ] || ar rc "$shim/lib$lib.a"
+    [ -f "$cuda/lib/stubs/lib$lib.a" ] || ar rc "$cuda/lib/stubs/lib$lib.a"
 done
 nvcc_version=$("$cuda/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
 say "CUDA $nvcc_version in $cuda, CMAKE_CUDA_ARCHITECTURES=$arch"
@@ -106,13 +108,14 @@ printf '%s\n' '__global__ void twice(float *x) { x[threadIdx.x] *= 2.0f; }' \
 # --- 2. glm --features cuda --------------------------------------------------------------
 # CUDA_PATH: llama-cpp-sys-2's build script; CUDAToolkit_ROOT, CUDACXX: llama.cpp's CMake
 # (find_package(CUDAToolkit), enable_language(CUDA)); CMAKE_* variables are forwarded to
-# CMake as -D. CUDA_LIBRARY_PATH: where the build script tells rustc to look for
-# cudart_static, culibos, the cuBLAS shims and libcuda.
+# CMake as -D. CUDA_LIBRARY_PATH: toolkit roots whose lib64 and lib64/stubs the build
+# script gives rustc as search paths (cudart_static, culibos, the cuBLAS stand-ins,
+# libcuda).
 build_env=(env
     CUDA_PATH="$cuda" CUDAToolkit_ROOT="$cuda" CUDACXX="$cuda/bin/nvcc"
     PATH="$cuda/bin:$PATH"
     CMAKE_CUDA_ARCHITECTURES="$arch"
-    CUDA_LIBRARY_PATH="$cuda/lib:$cuda/lib/stubs:$shim"
+    CUDA_LIBRARY_PATH="$cuda"
     CARGO_TARGET_DIR="$target_dir")
 link_args=(-C "link-arg=-L$cuda/lib" -C link-arg=-lcublas -C link-arg=-lcublasLt)
 t0=$(date +%s)
@@ -125,11 +128,26 @@ say "cuda build: $(($(date +%s) - t0)) s"
 glm=$target_dir/release/glm
 [ -x "$glm" ] || die "no $glm"
 needed=$(readelf -d "$glm" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')
-for lib in libcublas.so.13 libcublasLt.so.13 libcuda.so.1; do
+# (libcublasLt.so.13 comes in as libcublas.so.13's own dependency.)
+for lib in libcublas.so.13 libcuda.so.1; do
     [[ " $needed" == *" $lib "* ]] || die "$glm does not link $lib (it links: $needed)"
 done
 # (grep -c, not -q: -q stops reading early, and pipefail takes the writer's SIGPIPE for
 # a failure.)
 readelf -S -W "$glm" | grep -c '\.nv_fatbin' >/dev/null || die "$glm holds no CUDA device code (.nv_fatbin)"
 nm -C "$glm" | grep -c 'ggml_backend_cuda_reg' >/dev/null || die "$glm has no ggml CUDA backend"
-say "OK: $glm links $needed; device code for sm_$arch"
+
+# Started without a GPU: the stub stands in for the driver (as libcuda.so.1, in a temp
+# folder), CUDA initialisation fails with the stub's error, and glm runs on the CPU.
+ln -s "$cuda/lib/stubs/libcuda.so" "$probe/libcuda.so.1"
+fixture=tests/fixtures/models/glm-tiny
+tokens=$(python3 -c 'import json, sys; print(",".join(map(str, json.load(open(sys.argv[1]))["logits"][0]["tokens"])))' \
+    "$fixture/reference.json")
+run_env=(env LD_LIBRARY_PATH="$cuda/lib:$probe${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GLM_LLAMA_LOG=1)
+"${run_env[@]}" "$glm" convert "$fixture" --quant f32 -o "$probe/glm-tiny.gguf" >/dev/null 2>"$probe/convert.log" \
+    || die "the CUDA glm cannot convert $fixture: $(tail -n1 "$probe/convert.log")"
+"${run_env[@]}" "$glm" logits "$probe/glm-tiny.gguf" --tokens "$tokens" -o "$probe/logits.json" 2>"$probe/run.log" \
+    || die "the CUDA glm without a GPU failed: $(grep -v '^[a-z_]*: ' "$probe/run.log" | tail -n1)"
+grep -q 'ggml_cuda_init: failed to initialize CUDA: CUDA driver is a stub library' "$probe/run.log" \
+    || die "ggml's CUDA backend did not report the driver stub (log: $(grep -m1 -i cuda "$probe/run.log"))"
+say "OK: $glm links $needed; device code for sm_$arch; without a GPU it runs on the CPU"

@@ -9,18 +9,21 @@
 # The Vulkan run must also show, in llama.cpp's log, that the model (and the projector)
 # went to the lavapipe device, every layer of it.
 #
-# Debian/Ubuntu. Installs, only when missing (a second run reuses everything):
-#   * apt: mesa-vulkan-drivers (lavapipe), libvulkan1 (the loader), glslc;
-#   * Debian 13's header-only libvulkan-dev and spirv-headers (1.4.309), unpacked with
-#     `dpkg -x` into a private prefix: Debian 12's headers (1.3.239) are too old for
-#     this llama.cpp (no vk::LayerSettingEXT). Nothing is installed system-wide from 13.
+# Debian 12. Installs, only when missing (a second run reuses everything):
+#   * apt: mesa-vulkan-drivers (lavapipe), libvulkan1 (the loader), glslc, python3;
+#   * Debian 13's libvulkan-dev and spirv-headers (headers and CMake files, 1.4.309),
+#     fetched through a private apt state and unpacked with `dpkg -x` into a private
+#     prefix: Debian 12's headers (1.3.239) are too old for this llama.cpp (no
+#     vk::LayerSettingEXT). Nothing from Debian 13 is installed system-wide.
 #
 # Environment:
 #   GLM_CPU=path              the CPU glm to compare with (default: `cargo build --release`
 #                             in $CARGO_TARGET_DIR, or $HOME/.cache/glm-target)
+#   GLM_VULKAN=path           a Vulkan glm already built (skips the build)
 #   GLM_VULKAN_TARGET_DIR     cargo target dir of the Vulkan build ($HOME/.cache/glm-target-vulkan)
 #   GLM_VULKAN_SDK            the private prefix ($HOME/.cache/glm-vulkan-sdk)
 #   GLM_VULKAN_KEEP=dir       keep the GGUFs, logits and logs there (default: a temp dir)
+#   VK_TOLERANCE, VK_IMAGE_TOLERANCE   override the tolerances below
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,8 +31,9 @@ root=$PWD
 # Largest |Δlogit| allowed between the CPU and the lavapipe build, over all positions and
 # vocabulary entries of a case. Both builds run f32 weights, an f32 KV cache and no flash
 # attention, but ggml-vulkan's matrix multiplication copies operands that are not
-# contiguous in memory to f16 first — in attention, the permuted Q/K/V views — so the
-# Vulkan logits carry f16 rounding: measured on this llama.cpp (Debian 12, Mesa 22.3.6
+# contiguous in memory to f16 first — in attention, the permuted query and key views — so
+# the Vulkan logits carry f16 rounding (the CPU build with an f16 KV cache moves them as
+# much: 0.025 on glm-tiny). Measured on this llama.cpp (Debian 12, Mesa 22.3.6
 # lavapipe, x86-64; BENCHMARKS.md, "Vulkan parity"), at most 0.060 over the token cases
 # (logits up to ~21, rows with a standard deviation of ~4.4; 3.2e-3 of the largest logit)
 # and 0.157 for a prompt with an image, where the vision projector runs on Vulkan as
