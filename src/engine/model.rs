@@ -28,6 +28,11 @@ const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|
 const GLM_VISIBLE_TAGS: [&str; 2] = ["<think>", "</think>"];
 
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+extern "C" {
+    /// `ffi/memory_breakdown.cpp`.
+    fn glm_silence_common_log();
+}
 static NUMA: OnceLock<Numa> = OnceLock::new();
 
 /// Sets the NUMA strategy; only before the first model is loaded (llama.cpp takes it
@@ -53,6 +58,9 @@ pub(super) fn backend() -> Result<&'static LlamaBackend> {
             }
             .map_err(|e| e.to_string())?;
             log::install();
+            // SAFETY: sets an integer in llama.cpp's common library; called once, before
+            // any of its functions run.
+            unsafe { glm_silence_common_log() };
             Ok(backend)
         })
         .as_ref()

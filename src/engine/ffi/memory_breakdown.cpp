@@ -1,6 +1,8 @@
-// llama.cpp reports how much memory a context plans per buffer type (weights, KV
-// cache, compute buffers) only through a C++ function returning a std::map; its C API
-// has no equivalent. This shim turns that map into a plain array Rust can read.
+// Two things glm needs from llama.cpp that only its C++ API offers. llama.cpp reports how
+// much memory a context plans per buffer type (weights, KV cache, compute buffers) only
+// through a C++ function returning a std::map; this shim turns that map into a plain
+// array Rust can read. And its common library's logger can only be quieted by a C++
+// function.
 // The declarations below restate llama.cpp's src/llama-ext.h of the pinned version
 // (llama-cpp-sys-2 =0.1.161), which is not an installed header.
 
@@ -22,7 +24,16 @@ using llama_memory_breakdown = std::map<ggml_backend_buffer_type_t, llama_memory
 
 llama_memory_breakdown llama_get_memory_breakdown(const struct llama_context * ctx);
 
+// llama.cpp's common library (its fit) logs through a logger of its own that writes to
+// stderr from a worker thread, past glm's log capture; common/log.h of the same version.
+void common_log_set_verbosity_thold(int verbosity);
+
 extern "C" {
+
+// Silences the common library's logger; glm reports failures from llama.cpp's own log.
+void glm_silence_common_log(void) {
+    common_log_set_verbosity_thold(-1);
+}
 
 struct glm_buffer_memory {
     ggml_backend_buffer_type_t buffer_type;
