@@ -27,7 +27,7 @@
 # NVIDIA's full toolkit builds with `cargo build --release --features cuda`.
 #
 # Environment:
-#   GLM_CUDA_ARCH          CMAKE_CUDA_ARCHITECTURES (default 90: H100/H200)
+#   GLM_CUDA_ARCH          CMAKE_CUDA_ARCHITECTURES, one of them (default 90: H100/H200)
 #   GLM_CUDA_TARGET_DIR    cargo target dir ($HOME/.cache/glm-target-cuda)
 #   GLM_CUDA_PREFIX        the private prefix ($HOME/.cache/glm-cuda13)
 set -euo pipefail
@@ -118,6 +118,15 @@ build_env=(env
     CUDA_LIBRARY_PATH="$cuda"
     CARGO_TARGET_DIR="$target_dir")
 link_args=(-C "link-arg=-L$cuda/lib" -C link-arg=-lcublas -C link-arg=-lcublasLt)
+# CMAKE_* variables reach CMake but are not among what cargo watches, and CMake is not
+# configured again over an existing build: another architecture needs a clean llama.cpp.
+arch_stamp=$target_dir/.glm-cuda-arch
+if [ -f "$arch_stamp" ] && [ "$(cat "$arch_stamp")" != "$arch" ]; then
+    say "architecture changed from $(cat "$arch_stamp") to $arch: rebuilding llama.cpp"
+    CARGO_TARGET_DIR="$target_dir" cargo clean --release -p llama-cpp-sys-2
+fi
+mkdir -p "$target_dir"
+echo "$arch" >"$arch_stamp"
 t0=$(date +%s)
 say "building --release --features cuda in $target_dir"
 "${build_env[@]}" nice -n 19 cargo rustc --release --features cuda --bin glm -- "${link_args[@]}" \
