@@ -4,8 +4,10 @@
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# grep reads the whole list (not -q): under pipefail an early exit would make ldconfig
+# die of SIGPIPE and the check report libclang missing.
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
-if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+if ! ldconfig -p 2>/dev/null | grep 'libclang[-.0-9]*\.so' >/dev/null; then
     missing+=(libclang-dev)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
