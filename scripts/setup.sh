@@ -4,9 +4,9 @@
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # grep reads the whole list (not -q): under pipefail an early exit would make ldconfig
 # die of SIGPIPE and the check report libclang missing.
-command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if ! ldconfig -p 2>/dev/null | grep 'libclang[-.0-9]*\.so' >/dev/null; then
     missing+=(libclang-dev)
 fi
