@@ -12,16 +12,7 @@ use glm::engine::{
 const REPLY_TOKENS: usize = 40;
 
 fn greedy() -> Sampling {
-    Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 0,
-        seed: 0,
-        ignore_eos: true,
-    }
+    Sampling::greedy_to_the_end()
 }
 
 fn engine(model: &str) -> Engine {

@@ -120,16 +120,7 @@ fn measure(engine: &Engine, options: &ContextOptions, test: Test, repetitions: u
     let mut options = options.clone();
     options.ctx_size = options.ctx_size.max(test.n_prompt + test.n_gen + 1);
     let mut session = ChatSession::new(engine, &options)?;
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 0,
-        seed: 0,
-        ignore_eos: true,
-    };
+    let greedy = Sampling::greedy_to_the_end();
     let tokens = random_tokens(engine.n_vocab(), test.n_prompt.max(1) as usize);
     let mut samples = Vec::new();
     for run in 0..=repetitions {

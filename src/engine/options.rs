@@ -138,6 +138,20 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// Always the most likely token, past end-of-turn tokens too (benchmarks, tests).
+    pub fn greedy_to_the_end() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: 0,
+            ignore_eos: true,
+        }
+    }
+
     /// Greedy sampling picks the most likely token, so a draft can be checked exactly.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 && self.repeat_penalty == 1.0
