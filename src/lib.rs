@@ -16,6 +16,7 @@ pub mod engine;
 mod model_source;
 mod progress;
 mod signals;
+mod terminal;
 
 pub use cli::run;
 pub use signals::install as install_signal_handlers;

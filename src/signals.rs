@@ -2,8 +2,9 @@
 //!
 //! By default a signal removes the temporary files of writes in progress (so an
 //! interrupted conversion leaves nothing partial) and ends the process with the shell's
-//! usual status, 128 + the signal number. An interactive chat claims SIGINT instead: then
-//! Ctrl-C only raises a flag that stops the answer being generated.
+//! usual status, 128 + the signal number. `glm run` and an interactive chat claim SIGINT
+//! once the model is loaded: then Ctrl-C only raises a flag that stops the prompt's
+//! evaluation or the answer being generated.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,8 +22,12 @@ pub fn install() -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if signal == SIGINT && INTERRUPT_CLAIMED.load(Ordering::SeqCst) {
-                    INTERRUPTED.store(true, Ordering::SeqCst);
+                // A second Ctrl-C before the first was handled ends the program, as in
+                // llama.cpp: the work in progress did not stop soon enough.
+                if signal == SIGINT
+                    && INTERRUPT_CLAIMED.load(Ordering::SeqCst)
+                    && !INTERRUPTED.swap(true, Ordering::SeqCst)
+                {
                     continue;
                 }
                 glm_convert::files::remove_partial_files();
@@ -33,7 +38,8 @@ pub fn install() -> Result<()> {
     Ok(())
 }
 
-/// From now on Ctrl-C sets the interrupt flag instead of ending the process.
+/// From now on Ctrl-C sets the interrupt flag instead of ending the process (a second
+/// one, while the flag is still set, ends it).
 pub fn claim_interrupts() {
     INTERRUPT_CLAIMED.store(true, Ordering::SeqCst);
 }

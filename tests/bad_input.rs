@@ -649,7 +649,7 @@ fn flags_and_streams_are_bounded() {
     let mut rows = vec![
         row_os(
             "context beyond the training length",
-            run(&[&"-p", &"hi", &"-c", &"100000"]),
+            run(&[&"-p", &"hi", &"-c", &"102400"]),
             &["--ctx-size", "2048"],
             &[],
         ),
@@ -684,6 +684,66 @@ fn flags_and_streams_are_bounded() {
             &[],
         ),
         row_os(
+            "top-p below zero",
+            run(&[&"-p", &"hi", &"--top-p", &"-0.5"]),
+            &["--top-p", "0..=1"],
+            &[],
+        ),
+        row_os(
+            "min-p below zero",
+            run(&[&"-p", &"hi", &"--min-p", &"-0.1"]),
+            &["--min-p", "0..=1"],
+            &[],
+        ),
+        row_os(
+            "min-p above one",
+            run(&[&"-p", &"hi", &"--min-p", &"2"]),
+            &["--min-p", "0..=1"],
+            &[],
+        ),
+        row_os(
+            "a repeat penalty of zero",
+            run(&[&"-p", &"hi", &"--repeat-penalty", &"0"]),
+            &["--repeat-penalty", "above 0"],
+            &[],
+        ),
+        row_os(
+            "a negative temperature",
+            run(&[&"-p", &"hi", &"--temp", &"-1"]),
+            &["--temp", "0..=100"],
+            &[],
+        ),
+        row_os(
+            "a zero context",
+            run(&[&"-p", &"hi", &"-c", &"0"]),
+            &["--ctx-size", "1..="],
+            &[],
+        ),
+        row_os(
+            "thinking on and off",
+            run(&[&"-p", &"hi", &"--think", &"--no-think"]),
+            &["--think", "--no-think"],
+            &[],
+        ),
+        row_os(
+            "a thinking budget GLM cannot keep",
+            run(&[&"-p", &"hi", &"--reasoning-budget", &"512"]),
+            &["--reasoning-budget", "only 0"],
+            &[],
+        ),
+        row_os(
+            "a negative token count",
+            run(&[&"-p", &"hi", &"-n", &"-7"]),
+            &["--max-tokens", "-1"],
+            &[],
+        ),
+        row_os(
+            "a seed below -1",
+            run(&[&"-p", &"hi", &"--seed", &"-2"]),
+            &["--seed", "-1"],
+            &[],
+        ),
+        row_os(
             "tools from a FIFO",
             run(&[&"-p", &"hi", &"--tools", &fifo]),
             &["tools.fifo", "FIFO"],
@@ -697,7 +757,7 @@ fn flags_and_streams_are_bounded() {
         ),
         row_os(
             "a prompt longer than the context",
-            run(&[&"-p", &"-", &"-c", &"64"]),
+            run(&[&"-p", &"-", &"-c", &"256"]),
             &["cannot fit"],
             &[],
         ),
@@ -714,8 +774,12 @@ fn flags_and_streams_are_bounded() {
             &[&nested],
         ),
     ];
-    rows[8].stdin = "word ".repeat(200_000).into_bytes();
-    rows[9].stdin = vec![b'a'; (16 << 20) + 10];
+    let long_prompt = rows.iter().position(|r| r.name == "a prompt longer than the context");
+    let huge_stdin = rows
+        .iter()
+        .position(|r| r.name == "a stdin prompt larger than the limit");
+    rows[long_prompt.expect("row")].stdin = "word ".repeat(200_000).into_bytes();
+    rows[huge_stdin.expect("row")].stdin = vec![b'a'; (16 << 20) + 10];
     run_table(&rows);
 }
 

@@ -5,7 +5,7 @@ mod runtime;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use runtime::{ContextArgs, DraftArgs, PlacementArgs};
 
@@ -20,6 +20,70 @@ use crate::commands;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Show llama.cpp's own log and the details of a run (seed, context) on stderr.
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
+}
+
+impl Cli {
+    /// What clap cannot say in its definitions: which positional argument is the model
+    /// when `-m` names it too, and that a prompt is given in one way only.
+    fn normalize(&mut self) -> Result<(), String> {
+        if let Some(context) = self.command.context() {
+            context.note_rounding();
+        }
+        match &mut self.command {
+            Command::Run(args) => settle_model_and_prompt(&mut args.model, &mut args.input),
+            Command::Logits(args) => {
+                settle_model_and_prompt(&mut args.model, &mut args.input)?;
+                if args.tokens.is_none() && !args.input.has_any() {
+                    return Err("give a prompt (-p TEXT, -f FILE or text after the model) or --tokens".into());
+                }
+                if !args.images.is_empty() && !args.input.has_any() {
+                    return Err("--image needs a prompt".into());
+                }
+                Ok(())
+            }
+            Command::Chat(args) => only_the_model(&mut args.model),
+            Command::Bench(args) => only_the_model(&mut args.model),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Command {
+    fn context(&self) -> Option<&ContextArgs> {
+        match self {
+            Command::Run(args) => Some(&args.model.context),
+            Command::Chat(args) => Some(&args.model.context),
+            Command::Logits(args) => Some(&args.model.context),
+            Command::Bench(args) => Some(&args.model.context),
+            _ => None,
+        }
+    }
+}
+
+fn settle_model_and_prompt(model: &mut ModelArgs, input: &mut PromptInput) -> Result<(), String> {
+    if let Some(first_word) = model.settle() {
+        input.words.insert(0, first_word.to_string_lossy().into_owned());
+        if input.prompt.is_some() || input.file.is_some() {
+            return Err(format!(
+                "{:?}: the prompt is given twice (as text after the model and with -p/-f)",
+                input.words.join(" ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn only_the_model(model: &mut ModelArgs) -> Result<(), String> {
+    match model.settle() {
+        Some(extra) => Err(format!(
+            "unexpected argument {:?}: the model is already given with -m",
+            extra.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,30 +163,63 @@ pub struct ConvertArgs {
 
 /// Where the model comes from and how it is loaded.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
 pub struct ModelArgs {
-    /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
+    /// The model, set by [`Cli::normalize`] from the positional argument or `-m`.
+    #[arg(skip)]
     pub model: PathBuf,
+    /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
+    #[arg(index = 1, value_name = "MODEL", required_unless_present = "model_flag")]
+    model_positional: Option<PathBuf>,
+    /// The model, as llama.cpp's tools take it (instead of the first argument).
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
+    model_flag: Option<PathBuf>,
     #[command(flatten)]
     pub placement: PlacementArgs,
     #[command(flatten)]
     pub context: ContextArgs,
 }
 
+impl ModelArgs {
+    /// Settles which argument named the model. With `-m`, a positional argument is not
+    /// the model; it is returned for the caller to place (the prompt of `glm run`).
+    fn settle(&mut self) -> Option<PathBuf> {
+        match (self.model_flag.take(), self.model_positional.take()) {
+            (Some(flag), positional) => {
+                self.model = flag;
+                positional
+            }
+            (None, Some(positional)) => {
+                self.model = positional;
+                None
+            }
+            (None, None) => None,
+        }
+    }
+}
+
 /// How the prompt is turned into tokens.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Prompt")]
 pub struct PromptArgs {
     /// Feed the text to the model as is, without the chat template.
     #[arg(long)]
     pub raw: bool,
-    /// System prompt placed before the user's message.
-    #[arg(long, short = 's')]
+    /// System prompt placed before the user's message (-sys).
+    #[arg(long = "system-prompt", visible_alias = "system", value_name = "TEXT")]
     pub system: Option<String>,
-    /// Let thinking models reason first (`enable_thinking=true` in the template).
-    #[arg(long, overrides_with = "no_think")]
-    pub think: bool,
+    /// Let thinking models reason first (`enable_thinking` in the template); `--think=false`
+    /// is --no-think [default: the template's choice].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          conflicts_with_all = ["no_think", "reasoning_budget"])]
+    pub think: Option<bool>,
     /// Ask thinking models to answer directly (`enable_thinking=false`).
-    #[arg(long = "no-think", overrides_with = "think")]
+    #[arg(long = "no-think", conflicts_with = "reasoning_budget")]
     pub no_think: bool,
+    /// llama.cpp's spelling of the thinking switch: 0 = --no-think, -1 = the default.
+    /// GLM has no token budget for thinking, so no other value is taken.
+    #[arg(long = "reasoning-budget", value_name = "N", value_parser = reasoning_budget)]
+    pub reasoning_budget: Option<ReasoningBudget>,
     /// OpenAI-style tool definitions (a JSON list) for the template; calls the model
     /// makes are printed as JSON lines.
     #[arg(long, value_name = "FILE")]
@@ -131,35 +228,81 @@ pub struct PromptArgs {
 
 impl PromptArgs {
     pub fn enable_thinking(&self) -> Option<bool> {
-        match (self.think, self.no_think) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
+        if self.no_think {
+            return Some(false);
         }
+        self.think
+            .or_else(|| (self.reasoning_budget == Some(ReasoningBudget::Off)).then_some(false))
     }
+}
+
+/// `--reasoning-budget`'s two possible values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningBudget {
+    Off,
+    Unlimited,
+}
+
+/// Where the text of a one-shot prompt comes from.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Prompt")]
+pub struct PromptInput {
+    /// The prompt; `-` reads it from standard input.
+    #[arg(short = 'p', long, allow_hyphen_values = true, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (`-` for standard input).
+    #[arg(short = 'f', long, value_name = "FILE", conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
+    /// The prompt as words after the model, joined with spaces (as `ollama run` takes it).
+    #[arg(index = 2, value_name = "PROMPT", conflicts_with_all = ["prompt", "file"])]
+    pub words: Vec<String>,
+}
+
+impl PromptInput {
+    /// Which of the three forms the user chose, if any.
+    pub fn source(&self) -> Option<PromptSource<'_>> {
+        if let Some(text) = &self.prompt {
+            return Some(PromptSource::Text(text));
+        }
+        if let Some(path) = &self.file {
+            return Some(PromptSource::File(path));
+        }
+        (!self.words.is_empty()).then(|| PromptSource::Words(&self.words))
+    }
+
+    fn has_any(&self) -> bool {
+        self.source().is_some()
+    }
+}
+
+/// A prompt as the user gave it; `-` (as text or file) means standard input.
+pub enum PromptSource<'a> {
+    Text(&'a str),
+    File(&'a std::path::Path),
+    Words(&'a [String]),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub input: PromptInput,
     #[command(flatten)]
     pub prompt_format: PromptArgs,
-    /// The prompt; `-` reads it from standard input.
-    #[arg(short, long)]
-    pub prompt: String,
     /// An image for vision models (repeat for several); PNG, JPEG, WebP, BMP or GIF.
-    #[arg(long = "image", value_name = "FILE")]
+    #[arg(long = "image", value_name = "FILE", help_heading = "Prompt")]
     pub images: Vec<PathBuf>,
     /// The vision projector [default: the `*mmproj*.gguf` next to the model].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
     pub mmproj: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub generation: GenerationArgs,
 }
 
 /// Sampling and output of generated text (shared by `run` and `chat`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sampling")]
 pub struct GenerationArgs {
     /// Sampling temperature; 0 picks the most likely token every time [default: the
     /// model's general.sampling.temp, else 0.8].
@@ -185,33 +328,69 @@ pub struct GenerationArgs {
     /// [default: the model's general.sampling.penalty_last_n, else 64].
     #[arg(long = "repeat-last-n", value_parser = clap::value_parser!(i32).range(-1..=MAX_CTX as i64))]
     pub repeat_last_n: Option<i32>,
-    /// Random seed [default: a fresh one each run].
-    #[arg(long)]
+    /// Random seed, -1 = a fresh one [default: a fresh one each run; -v prints it].
+    #[arg(short = 's', long, value_parser = seed)]
     pub seed: Option<u32>,
-    /// Stop after this many generated tokens (generation also stops when the context is
-    /// full).
-    #[arg(short = 'n', long = "max-tokens", default_value_t = 1024, value_parser = max_tokens)]
+    /// Stop after this many generated tokens; -1 = until the end of the turn or a full
+    /// context.
+    #[arg(short = 'n', long = "max-tokens", visible_alias = "n-predict", value_name = "N", default_value = "1024",
+          value_parser = max_tokens, help_heading = "Output")]
     pub max_tokens: usize,
     /// Do not print the model's reasoning (`<think>` blocks); by default it goes to
     /// stderr, dimmed on a terminal, and only the answer goes to stdout.
-    #[arg(long = "hide-reasoning")]
+    #[arg(
+        long = "hide-reasoning",
+        visible_alias = "hidethinking",
+        help_heading = "Output",
+        conflicts_with = "reasoning_format"
+    )]
     pub hide_reasoning: bool,
+    /// llama.cpp's spelling of where reasoning goes: `none` leaves it in the answer with
+    /// its tags (stdout); `deepseek` and `auto` split it off (the default).
+    #[arg(
+        long = "reasoning-format",
+        value_enum,
+        value_name = "FORMAT",
+        help_heading = "Output"
+    )]
+    pub reasoning_format: Option<ReasoningFormat>,
     /// Keep generating past end-of-turn tokens, up to --max-tokens (for benchmarks).
-    #[arg(long = "ignore-eos")]
+    #[arg(long = "ignore-eos", help_heading = "Output")]
     pub ignore_eos: bool,
     #[command(flatten)]
     pub draft: DraftArgs,
 }
 
+/// `--reasoning-format`, as llama.cpp names its choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReasoningFormat {
+    None,
+    Auto,
+    Deepseek,
+}
+
+impl GenerationArgs {
+    /// How the reply shows the model's reasoning.
+    pub fn reasoning_display(&self) -> ReasoningDisplay {
+        match (self.hide_reasoning, self.reasoning_format) {
+            (true, _) => ReasoningDisplay::Hidden,
+            (false, Some(ReasoningFormat::None)) => ReasoningDisplay::Inline,
+            _ => ReasoningDisplay::Apart,
+        }
+    }
+}
+
+pub use crate::commands::reply::ReasoningDisplay;
+
 #[derive(Debug, Args)]
 pub struct ChatArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
     pub prompt_format: PromptArgs,
     /// The vision projector for /image [default: the `*mmproj*.gguf` next to the model].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
     pub mmproj: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub generation: GenerationArgs,
 }
@@ -267,29 +446,28 @@ pub struct TokenizeArgs {
 #[derive(Debug, Args)]
 pub struct LogitsArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub input: PromptInput,
     #[command(flatten)]
     pub prompt_format: PromptArgs,
-    /// Prompt text (rendered with the chat template unless --raw).
-    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
-    pub prompt: Option<String>,
-    /// Comma-separated token ids, evaluated as given.
-    #[arg(long, value_delimiter = ',')]
+    /// Comma-separated token ids, evaluated as given (instead of a prompt).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["prompt", "file", "words"], help_heading = "Prompt")]
     pub tokens: Option<Vec<i32>>,
-    /// Logits of every position instead of the last one only.
-    #[arg(long, conflicts_with = "images")]
-    pub all: bool,
-    /// An image for vision models (repeatable); needs --prompt.
-    #[arg(long = "image", value_name = "FILE", requires = "prompt")]
+    /// An image for vision models (repeatable); needs a prompt.
+    #[arg(long = "image", value_name = "FILE", conflicts_with_all = ["all", "tokens"], help_heading = "Prompt")]
     pub images: Vec<PathBuf>,
     /// The vision projector [default: the `*mmproj*.gguf` next to the model].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
     pub mmproj: Option<PathBuf>,
-    /// Output JSON file.
-    #[arg(short, long)]
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Logits of every position instead of the last one only.
+    #[arg(long, help_heading = "Output")]
+    pub all: bool,
+    /// Output JSON file; `-` writes to standard output.
+    #[arg(short, long, help_heading = "Output")]
     pub output: PathBuf,
     /// Replace the output file if it exists.
-    #[arg(short = 'f', long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 
@@ -320,34 +498,90 @@ pub fn penalty(text: &str) -> Result<f32, String> {
 }
 
 /// A token count; larger than any context, the generation is bounded by the context.
+/// -1 (and llama.cpp's -2, "until the context is full") mean no limit of their own.
 pub fn max_tokens(text: &str) -> Result<usize, String> {
-    let value: u64 = text.parse().map_err(|_| format!("{text:?} is not a count"))?;
+    if matches!(text.trim(), "-1" | "-2") {
+        return Ok(usize::MAX);
+    }
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a count (or -1 for no limit)"))?;
     usize::try_from(value.min(u64::from(u32::MAX))).map_err(|e| e.to_string())
+}
+
+/// llama.cpp's seed: -1 and its own 4294967295 (`LLAMA_DEFAULT_SEED`) mean a fresh one.
+pub fn seed(text: &str) -> Result<u32, String> {
+    if text.trim() == "-1" {
+        return Ok(RANDOM_SEED);
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a seed: 0..={} or -1 for a random one", u32::MAX))
+}
+
+/// The seed value that asks for a fresh random seed, as in llama.cpp.
+pub const RANDOM_SEED: u32 = u32::MAX;
+
+/// `--reasoning-budget`: 0 switches thinking off, -1 leaves it to the template.
+fn reasoning_budget(text: &str) -> Result<ReasoningBudget, String> {
+    match text.trim() {
+        "0" => Ok(ReasoningBudget::Off),
+        "-1" => Ok(ReasoningBudget::Unlimited),
+        _ => Err(format!(
+            "{text:?}: only 0 (no thinking) and -1 (no limit) are possible; GLM models cannot limit their thinking to a number of tokens"
+        )),
+    }
 }
 
 /// Parses the command line. A usage error is one line, like every other error (clap's
 /// own report adds a usage block and a hint); help and version print as usual.
 fn parse() -> Cli {
-    match Cli::try_parse_from(runtime::expand_llama_flags(std::env::args_os())) {
+    let matches = command().try_get_matches_from(runtime::expand_llama_flags(std::env::args_os()));
+    let parsed = matches.and_then(|m| Cli::from_arg_matches(&m));
+    let mut cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             e.exit()
         }
-        Err(e) => {
-            let report = e.render().to_string();
-            let message: Vec<&str> = report
-                .lines()
-                .take_while(|line| !line.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("{}", message.join(" "));
-            std::process::exit(2);
-        }
+        Err(e) => usage_error(&first_paragraph(&e.render().to_string())),
+    };
+    if let Err(message) = cli.normalize() {
+        usage_error(&format!("error: {message}"));
     }
+    cli
+}
+
+/// The command-line definition, with every option that takes a value also taking a
+/// negative number: `-n -1` and `--seed -1` are values, never "unexpected argument
+/// '-1'" with clap's hint to write `-- -1`.
+fn command() -> clap::Command {
+    let negatives = |arg: clap::Arg| {
+        if arg.get_action().takes_values() {
+            arg.allow_negative_numbers(true)
+        } else {
+            arg
+        }
+    };
+    Cli::command().mut_subcommands(move |sub| sub.mut_args(negatives))
+}
+
+/// A clap report's first paragraph on one line (the usage block and tips follow it).
+fn first_paragraph(report: &str) -> String {
+    let lines: Vec<&str> = report
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    lines.join(" ")
+}
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2);
 }
 
 pub fn run() -> anyhow::Result<()> {
     let cli = parse();
+    crate::terminal::set_verbose(cli.verbose);
     match cli.command {
         Command::Convert(args) => commands::convert::run(&args),
         Command::Run(args) => commands::run::run(&args),

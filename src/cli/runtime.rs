@@ -22,6 +22,7 @@ pub const LLAMA_SHORT_FLAGS: &[(&str, &str)] = &[
     ("-ctv", "--cache-type-v"),
     ("-tb", "--threads-batch"),
     ("-ub", "--ubatch-size"),
+    ("-sys", "--system-prompt"),
 ];
 
 /// Rewrites llama.cpp's multi-letter short flags to their long names; everything after
@@ -47,11 +48,13 @@ pub fn expand_llama_flags(args: impl IntoIterator<Item = std::ffi::OsString>) ->
 
 /// Where the weights go.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Hardware")]
 pub struct PlacementArgs {
     /// Layers on the GPU (-ngl): a number, `all`, or `auto` (as many as fit in free
-    /// memory, with the context). CPU-only builds ignore it.
-    #[arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N|auto|all", default_value = "auto", value_parser = gpu_layers)]
-    pub gpu_layers: GpuLayers,
+    /// memory, with the context) [default: auto]. A build without a GPU warns and ignores
+    /// it.
+    #[arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N|auto|all", value_parser = gpu_layers)]
+    pub gpu_layers: Option<GpuLayers>,
     /// Keep the experts of every MoE layer in CPU memory (-cmoe).
     #[arg(long = "cpu-moe")]
     pub cpu_moe: bool,
@@ -97,16 +100,18 @@ pub struct PlacementArgs {
 
 /// Context, cache and threads.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Context")]
 pub struct ContextArgs {
-    /// Context size in tokens, at most the model's training context [default: what fits
-    /// in memory with -ngl auto, else 4096; never more than the training context].
-    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(16..=i64::from(super::MAX_CTX)))]
+    /// Context size in tokens, at most the model's training context; llama.cpp rounds it
+    /// up to a multiple of 256 [default: what fits in memory with -ngl auto, else 4096;
+    /// never more than the training context].
+    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(1..=i64::from(super::MAX_CTX)))]
     pub ctx_size: Option<u32>,
     /// CPU threads for generation [default: the physical cores].
-    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=super::MAX_THREADS))]
+    #[arg(short = 't', long, help_heading = "Hardware", value_parser = clap::value_parser!(i32).range(1..=super::MAX_THREADS))]
     pub threads: Option<i32>,
     /// CPU threads for prompt processing [default: --threads] (-tb).
-    #[arg(long = "threads-batch", value_parser = clap::value_parser!(i32).range(1..=super::MAX_THREADS))]
+    #[arg(long = "threads-batch", help_heading = "Hardware", value_parser = clap::value_parser!(i32).range(1..=super::MAX_THREADS))]
     pub threads_batch: Option<i32>,
     /// Most tokens per evaluation call (logical batch).
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=i64::from(super::MAX_CTX)))]
@@ -129,12 +134,13 @@ pub struct ContextArgs {
     pub flash_attention: FlashAttentionArg,
     /// Print where the model would go (per device: weights, KV cache, compute buffers)
     /// and exit without loading it.
-    #[arg(long = "dry-run")]
+    #[arg(long = "dry-run", help_heading = "Hardware")]
     pub dry_run: bool,
 }
 
 /// Multi-token-prediction drafting from the model's own NextN layers.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Drafting")]
 pub struct DraftArgs {
     /// Draft tokens with the model's NextN layers and check them in one pass [default:
     /// on when the file has them and sampling is greedy].
@@ -152,6 +158,22 @@ pub struct DraftArgs {
     /// Stop a draft at a token the draft head thinks less likely than this.
     #[arg(long = "draft-p-min", default_value_t = 0.0, value_parser = super::probability)]
     pub draft_p_min: f32,
+}
+
+/// llama.cpp allocates the context in steps of this many tokens.
+pub const CTX_STEP: u32 = 256;
+
+impl ContextArgs {
+    /// Says when llama.cpp will make the context larger than asked (it rounds up to a
+    /// multiple of [`CTX_STEP`] without a word).
+    pub(super) fn note_rounding(&self) {
+        if let Some(asked) = self.ctx_size {
+            let actual = asked.div_ceil(CTX_STEP) * CTX_STEP;
+            if actual != asked {
+                eprintln!("note: --ctx-size {asked} is raised to {actual}: llama.cpp sizes the context in steps of {CTX_STEP} tokens");
+            }
+        }
+    }
 }
 
 impl DraftArgs {

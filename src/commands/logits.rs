@@ -14,11 +14,10 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
     glm_convert::files::check_output(&args.output, &inputs, args.force)?;
     let (engine, model_path) = super::load_engine_and_path(&args.model, None)?;
     if !args.images.is_empty() {
-        let prompt = args.prompt.as_deref().unwrap_or_default();
         let text = super::prompt_text(
             &engine,
             &args.prompt_format,
-            &super::text_argument(prompt)?,
+            &super::prompt_input_text(&args.input)?,
             &args.images,
         )?;
         let context = super::context_options(&args.model.context, None);
@@ -30,14 +29,14 @@ pub fn run(args: &LogitsArgs) -> Result<()> {
             &json!({"tokens": tokens, "images": args.images.len(), "logits": [logits]}),
         );
     }
-    let tokens = match (&args.tokens, &args.prompt) {
-        (Some(tokens), _) => tokens.clone(),
-        (None, Some(prompt)) => {
-            let text = super::prompt_text(&engine, &args.prompt_format, &super::text_argument(prompt)?, &[])?;
+    let tokens = match &args.tokens {
+        Some(tokens) => tokens.clone(),
+        None => {
+            let user_text = super::prompt_input_text(&args.input)?;
+            let text = super::prompt_text(&engine, &args.prompt_format, &user_text, &[])?;
             engine.check_text_fits(&text, engine.n_ctx_train())?;
             engine.tokenize(&text)
         }
-        (None, None) => anyhow::bail!("give --prompt or --tokens"),
     };
     let logits = engine.logits(&tokens, args.all, &super::context_options(&args.model.context, None))?;
     write_json(&args.output, &json!({"tokens": tokens, "logits": logits}))

@@ -13,14 +13,14 @@ pub mod run;
 mod sampling;
 pub mod tokenize;
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use crate::chat::{ChatTemplate, Conversation, RenderOptions};
-use crate::cli::{ContextArgs, DraftArgs, ModelArgs, PlacementArgs, PromptArgs};
-use crate::engine::{ContextOptions, DraftOptions, Engine, LoadOptions, Placement};
+use crate::cli::{ContextArgs, DraftArgs, ModelArgs, PlacementArgs, PromptArgs, PromptInput, PromptSource};
+use crate::engine::{ContextOptions, DraftOptions, Engine, GpuLayers, LoadOptions, Placement};
 
 pub use sampling::{sampling, SamplingSources};
 
@@ -92,10 +92,25 @@ pub fn text_argument(text: &str) -> Result<String> {
     String::from_utf8(buffer).map_err(|_| anyhow::anyhow!("standard input: the prompt is not UTF-8 text"))
 }
 
+/// The text of a one-shot prompt: `-p TEXT`, `-f FILE` or the words after the model;
+/// `-` (as text or file) reads standard input, as does no prompt at all when standard
+/// input is not a terminal (`echo hi | glm run MODEL`).
+pub fn prompt_input_text(input: &PromptInput) -> Result<String> {
+    match input.source() {
+        Some(PromptSource::Text(text)) => text_argument(text),
+        Some(PromptSource::File(path)) if path == std::path::Path::new("-") => text_argument("-"),
+        Some(PromptSource::File(path)) => Ok(glm_convert::files::read_text_limited(path, MAX_STDIN_PROMPT_BYTES)?),
+        Some(PromptSource::Words(words)) => Ok(words.join(" ")),
+        None if !std::io::stdin().is_terminal() => text_argument("-"),
+        None => anyhow::bail!("no prompt: give -p TEXT, -f FILE or the text after the model (`glm chat` to talk)"),
+    }
+}
+
 /// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
 /// With `--dry-run` the memory plan is printed instead and the program ends.
 pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Result<(Engine, PathBuf)> {
     let path = crate::model_source::resolve(&args.model)?;
+    warn_about_gpu_layers_without_gpu(&args.placement)?;
     if let Some(numa) = args.placement.numa {
         crate::engine::use_numa(numa.into())?;
     }
@@ -112,10 +127,22 @@ pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Resu
     Ok((engine, path))
 }
 
+/// A layer count asked for on a build that has no GPU does nothing; say so, as the
+/// user probably expected the GPU to work.
+fn warn_about_gpu_layers_without_gpu(placement: &PlacementArgs) -> Result<()> {
+    let asked = matches!(placement.gpu_layers, Some(GpuLayers::All) | Some(GpuLayers::Count(1..)));
+    if asked && !crate::engine::has_gpu()? {
+        eprintln!(
+            "warning: --gpu-layers has no effect: this glm has no GPU backend, or no GPU was found (see `glm devices`)"
+        );
+    }
+    Ok(())
+}
+
 pub fn load_options(placement: &PlacementArgs, context: &ContextArgs) -> LoadOptions {
     LoadOptions {
         placement: Placement {
-            gpu_layers: placement.gpu_layers,
+            gpu_layers: placement.gpu_layers.unwrap_or(GpuLayers::Auto),
             cpu_moe: placement.cpu_moe,
             n_cpu_moe: placement.n_cpu_moe,
             overrides: placement.override_tensor.clone(),

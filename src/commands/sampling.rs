@@ -125,14 +125,17 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
         min_p: values[3] as f32,
         repeat_penalty: values[4] as f32,
         repeat_last_n: values[5] as i32,
-        seed: args.seed.unwrap_or_else(fresh_seed),
+        seed: args.seed.filter(|s| *s != cli::RANDOM_SEED).unwrap_or_else(fresh_seed),
         ignore_eos: args.ignore_eos,
     };
     (sampling, SamplingSources(sources))
 }
 
+/// A seed from the clock; never [`cli::RANDOM_SEED`], which would read as "random" when
+/// a saved seed is given back.
 fn fresh_seed() -> u32 {
-    std::time::SystemTime::now()
+    let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+    clock % cli::RANDOM_SEED
 }

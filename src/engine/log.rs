@@ -21,7 +21,9 @@ static ECHO: AtomicBool = AtomicBool::new(false);
 
 /// Routes all three logs to [`capture`]; call once, after the backend is initialised.
 pub fn install() {
-    ECHO.store(std::env::var_os("GLM_LLAMA_LOG").is_some(), Ordering::SeqCst);
+    if std::env::var_os("GLM_LLAMA_LOG").is_some() {
+        ECHO.store(true, Ordering::SeqCst);
+    }
     // SAFETY: `capture` matches ggml's log callback signature, needs no user data, and
     // stays valid for the life of the process. ggml's is set last because setting
     // llama.cpp's also sets ggml's.
@@ -30,6 +32,11 @@ pub fn install() {
         llama_cpp_sys_2::mtmd_helper_log_set(Some(capture), std::ptr::null_mut());
         llama_cpp_sys_2::ggml_log_set(Some(capture), std::ptr::null_mut());
     }
+}
+
+/// Also prints llama.cpp's log to stderr (`-v`).
+pub fn show_llama_log() {
+    ECHO.store(true, Ordering::SeqCst);
 }
 
 /// Forgets earlier error lines; call before a llama.cpp call whose failure is explained.

@@ -17,15 +17,16 @@ mod session;
 mod speculative;
 mod vision;
 
+pub use log::show_llama_log;
 pub use model::{use_numa, Engine};
 pub use options::{
     CacheType, ContextOptions, DraftOptions, FlashAttention, GpuLayers, LoadOptions, Numa, Placement, Sampling,
     SplitMode, TensorOverride, DEFAULT_CTX,
 };
-pub use placement::{devices, parse_override, Device};
+pub use placement::{devices, has_gpu, parse_override, Device};
 pub use plan::{plan, DeviceMemory, MemoryPlan};
 #[cfg(feature = "test-support")]
 pub use session::DraftOracle;
-pub use session::{ChatSession, GenerationStats};
+pub use session::{ChatSession, GenerationStats, Interrupted, PromptWatcher, StopReason};
 pub use speculative::DraftStats;
 pub use vision::{image_marker, Projector};

@@ -18,8 +18,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::log;
 use super::options::{ContextOptions, LoadOptions, Numa, Sampling, DEFAULT_CTX};
 use super::placement;
-use super::session::{decode_tokens, ChatSession};
-use super::GenerationStats;
+use super::session::decode_tokens;
 
 /// Token texts that end a GLM turn; stopped on even when a file's metadata forgets one.
 const GLM_END_OF_TURN: [&str; 3] = ["<|endoftext|>", "<|user|>", "<|observation|>"];
@@ -244,23 +243,6 @@ impl Engine {
             rows.push(row.to_vec())
         })?;
         Ok(rows)
-    }
-
-    /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of
-    /// complete UTF-8 text; stops at the end of the model's turn. `on_text` returning
-    /// `false` stops early (used for Ctrl-C).
-    pub fn generate(
-        &self,
-        prompt: &[i32],
-        max_tokens: usize,
-        sampling: &Sampling,
-        options: &ContextOptions,
-        on_text: impl FnMut(&str) -> bool,
-    ) -> Result<GenerationStats> {
-        // The context is what the user asked for; generation stops when it is full, so a
-        // huge `max_tokens` never turns into a huge allocation.
-        let mut session = ChatSession::new(self, options)?;
-        session.respond(prompt, max_tokens, sampling, on_text)
     }
 
     /// Text of one generated token; the reasoning tags stay visible for the chat layer.

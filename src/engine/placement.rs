@@ -67,6 +67,11 @@ pub fn devices() -> Result<Vec<Device>> {
         .collect())
 }
 
+/// Whether this build sees a GPU; without one, `--gpu-layers` has nothing to place.
+pub fn has_gpu() -> Result<bool> {
+    Ok(devices()?.iter().any(|d| d.is_gpu))
+}
+
 /// Model parameters for llama.cpp, with the override patterns they point into (which
 /// must outlive the load).
 pub(super) struct ModelParams {

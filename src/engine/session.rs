@@ -21,11 +21,46 @@ pub struct GenerationStats {
     pub prompt_time: Duration,
     pub generated_tokens: usize,
     pub generation_time: Duration,
-    /// True when the model ended its turn (not the token limit).
-    pub stopped_at_end_of_turn: bool,
+    /// Why generation ended.
+    pub stop: StopReason,
     /// Tokens drafted by multi-token prediction, and how many the model kept.
     pub draft: DraftStats,
 }
+
+/// Why a reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopReason {
+    /// The model ended its turn.
+    #[default]
+    EndOfTurn,
+    /// The reply reached the token limit it was given.
+    MaxTokens,
+    /// The context has no room for another token.
+    ContextFull,
+    /// The caller's `on_text` asked to stop (an interrupt, or output that went away).
+    Stopped,
+}
+
+impl StopReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::EndOfTurn => "end of turn",
+            StopReason::MaxTokens => "max tokens",
+            StopReason::ContextFull => "context full",
+            StopReason::Stopped => "interrupted",
+        }
+    }
+}
+
+/// The prompt's evaluation was stopped by the caller's watcher before generation began;
+/// the tokens evaluated so far stay in the cache for the next prompt to reuse.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted during prompt evaluation")]
+pub struct Interrupted;
+
+/// Told how far prompt evaluation is (tokens done, tokens in all) after each step;
+/// returning `false` stops it.
+pub type PromptWatcher = Box<dyn FnMut(usize, usize) -> bool>;
 
 impl GenerationStats {
     /// Prompt tokens evaluated per second.
@@ -57,6 +92,8 @@ pub struct ChatSession<'m> {
     pub(super) next_position: usize,
     /// Set after an image turn: the cache cannot be matched against text any more.
     pub(super) positions_untracked: bool,
+    /// Sees prompt evaluation progress and may stop it.
+    prompt_watcher: Option<PromptWatcher>,
     /// Replaces drafts in tests (a random draft head never guesses right).
     #[cfg(feature = "test-support")]
     draft_oracle: Option<DraftOracle>,
@@ -82,9 +119,16 @@ impl<'m> ChatSession<'m> {
             token_ends: Vec::new(),
             next_position: 0,
             positions_untracked: false,
+            prompt_watcher: None,
             #[cfg(feature = "test-support")]
             draft_oracle: None,
         })
+    }
+
+    /// From now on prompt evaluation goes in steps of one physical batch, and `watcher`
+    /// hears after each step (progress display, interrupts).
+    pub fn watch_prompts(&mut self, watcher: PromptWatcher) {
+        self.prompt_watcher = Some(watcher);
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -164,19 +208,7 @@ impl<'m> ChatSession<'m> {
         let drafting = self.decoder.drafts(sampling.is_greedy());
         let evaluated = if drafting { prompt.len() - 1 } else { prompt.len() };
         let started = Instant::now();
-        let mut piece = Vec::new();
-        for token in &prompt[reused..evaluated] {
-            prompt_piece(self.engine, *token, &mut piece);
-            self.remember(*token, &piece);
-        }
-        let last = prompt.len() - 1;
-        let logits_index = decode_tokens(
-            &mut self.decoder,
-            &prompt[reused..evaluated],
-            reused,
-            &|p| p == last,
-            &mut |_, _| {},
-        )?;
+        let logits_index = self.evaluate_prompt(&prompt, reused..evaluated)?;
         let stats = GenerationStats {
             prompt_tokens: prompt.len() - reused,
             reused_tokens: reused,
@@ -188,6 +220,47 @@ impl<'m> ChatSession<'m> {
             return self.generate_drafted(&prompt, max_tokens, sampling, &mut on_text, stats);
         }
         self.generate_reply(logits_index, &prompt, max_tokens, sampling, &mut on_text, stats)
+    }
+
+    /// Evaluates `prompt[range]` and returns the batch index of the prompt's last token's
+    /// logits (when the range holds it).
+    /// With a watcher, it goes a physical batch at a time (llama.cpp splits a batch into
+    /// physical batches anyway, so the results are the same) and may be stopped between
+    /// steps; what was evaluated stays cached. On any error the cache keeps only what
+    /// was evaluated.
+    fn evaluate_prompt(&mut self, prompt: &[LlamaToken], range: std::ops::Range<usize>) -> Result<i32> {
+        let from = range.start;
+        let todo = &prompt[range];
+        let step = match self.prompt_watcher {
+            Some(_) => self.decoder.target().n_ubatch().max(1) as usize,
+            None => todo.len().max(1),
+        };
+        let last = prompt.len().saturating_sub(1);
+        let mut logits_index = -1;
+        let mut piece = Vec::new();
+        for (i, chunk) in todo.chunks(step).enumerate() {
+            let start = from + i * step;
+            for token in chunk {
+                prompt_piece(self.engine, *token, &mut piece);
+                self.remember(*token, &piece);
+            }
+            let evaluated = decode_tokens(&mut self.decoder, chunk, start, &|p| p == last, &mut |_, _| {});
+            logits_index = match evaluated {
+                Ok(index) => index,
+                Err(e) => {
+                    self.forget_from(start)?;
+                    return Err(e);
+                }
+            };
+            let done = start + chunk.len() - from;
+            if let Some(watcher) = &mut self.prompt_watcher {
+                if !watcher(done, todo.len()) && done < todo.len() {
+                    self.next_position = self.cached.len();
+                    return Err(Interrupted.into());
+                }
+            }
+        }
+        Ok(logits_index)
     }
 
     /// Samples the reply after a prompt whose logits sit at `logits_index` of the last
@@ -207,11 +280,16 @@ impl<'m> ChatSession<'m> {
         let (mut piece, mut text) = (Vec::new(), String::new());
         let mut index = logits_index;
         let started = Instant::now();
-        while stats.generated_tokens < max_tokens && self.next_position < self.n_ctx() {
+        stats.stop = loop {
+            if stats.generated_tokens >= max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.next_position >= self.n_ctx() {
+                break StopReason::ContextFull;
+            }
             let token = sampler.sample(self.decoder.target(), index);
             if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
-                stats.stopped_at_end_of_turn = true;
-                break;
+                break StopReason::EndOfTurn;
             }
             stats.generated_tokens += 1;
             self.engine.piece(token, &mut piece);
@@ -219,13 +297,13 @@ impl<'m> ChatSession<'m> {
             // Shown before the next forward pass, not after it; a stop here leaves the token
             // out of the cache, and the next turn evaluates its text again.
             if !text.is_empty() && !on_text(&text) {
-                break;
+                break StopReason::Stopped;
             }
             let position = self.next_position;
             self.next_position += 1;
             self.remember(token, &piece);
             index = decode_tokens(&mut self.decoder, &[token], position, &|_| true, &mut |_, _| {})?;
-        }
+        };
         stats.generation_time = started.elapsed();
         Ok(stats)
     }
@@ -254,7 +332,15 @@ impl<'m> ChatSession<'m> {
         let mut utf8 = encoding_rs::UTF_8.new_decoder();
         let (mut piece, mut text) = (Vec::new(), String::new());
         let started = Instant::now();
-        while stats.generated_tokens < max_tokens && self.next_position < n_ctx {
+        loop {
+            if stats.generated_tokens >= max_tokens {
+                stats.stop = StopReason::MaxTokens;
+                break;
+            }
+            if self.next_position >= n_ctx {
+                stats.stop = StopReason::ContextFull;
+                break;
+            }
             let position = self.next_position;
             let room = (n_ctx - position - 1).min(max_tokens - stats.generated_tokens - 1);
             let guesses = self.decoder.draft(position as u32, last, room)?;
@@ -272,7 +358,7 @@ impl<'m> ChatSession<'m> {
             for index in 0..=guesses.len() {
                 let token = sampler.sample(self.decoder.target(), index as i32);
                 if self.engine.is_end_of_turn(token) && !sampling.ignore_eos {
-                    stats.stopped_at_end_of_turn = true;
+                    stats.stop = StopReason::EndOfTurn;
                     stop = true;
                     break;
                 }
@@ -280,6 +366,7 @@ impl<'m> ChatSession<'m> {
                 self.engine.piece(token, &mut piece);
                 decode_piece(&mut utf8, &piece, &mut text);
                 if !text.is_empty() && !on_text(&text) {
+                    stats.stop = StopReason::Stopped;
                     stop = true;
                     break;
                 }
