@@ -6,9 +6,7 @@ fn main() -> std::process::ExitCode {
     match glm::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the outermost message and its causes.
-            let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", causes.join(": "));
+            eprintln!("error: {}", glm::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

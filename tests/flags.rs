@@ -328,3 +328,43 @@ fn settings_that_cannot_work_are_said_before_loading() {
     let log = stderr(&ok(&["run", model, "-p", "Hi", "-n", "2", "--no-think"]));
     assert!(!log.contains("warning"), "{log}");
 }
+
+/// A reader that goes away (`glm run ... | head -c 1`) ends the run quietly, exit 0.
+#[test]
+fn a_closed_pipe_ends_run_quietly() {
+    use std::io::Read;
+    let model = converted("glm4moe-tiny", "q8_0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm"))
+        .args([
+            "run",
+            path(&model),
+            "-p",
+            "Hi",
+            "-n",
+            "-1",
+            "-c",
+            "8192",
+            "--ignore-eos",
+            "--no-think",
+            "-t",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn glm");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    // The pipe's read end is dropped above: the next write fails with EPIPE.
+    let out = child.wait_with_output().expect("wait");
+    let log = stderr(&out);
+    assert!(out.status.success(), "{:?}: {log}", out.status);
+    assert!(!log.contains("error"), "{log}");
+    assert!(log.contains("stopped: output closed"), "{log}");
+}

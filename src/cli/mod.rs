@@ -595,3 +595,85 @@ pub fn run() -> anyhow::Result<()> {
         Command::Devices => commands::devices::run(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every spelling each subcommand takes: long and short names, aliases, the global
+    /// flags, and llama.cpp's multi-letter flags that expand to one of them.
+    fn spellings(subcommand: &str) -> BTreeSet<String> {
+        let root = command();
+        let sub = root
+            .find_subcommand(subcommand)
+            .unwrap_or_else(|| panic!("README names `glm {subcommand}`, which does not exist"));
+        let mut known: BTreeSet<String> = ["-h", "--help", "-v", "--verbose"].map(String::from).into();
+        for arg in sub.get_arguments() {
+            known.extend(arg.get_long().map(|l| format!("--{l}")));
+            known.extend(arg.get_short().map(|s| format!("-{s}")));
+            known.extend(arg.get_all_aliases().into_iter().flatten().map(|a| format!("--{a}")));
+        }
+        for (short, long) in runtime::LLAMA_SHORT_FLAGS {
+            if known.contains(*long) {
+                known.insert((*short).to_owned());
+            }
+        }
+        known
+    }
+
+    /// The flags in a piece of README text: a dash or two and a letter, at a word start.
+    fn flags_in(text: &str) -> Vec<String> {
+        let pattern = regex::Regex::new(r"(?:^|[\s`(/,\[])(--?[a-zA-Z][a-zA-Z0-9-]*)").expect("pattern");
+        pattern.captures_iter(text).map(|c| c[1].to_owned()).collect()
+    }
+
+    /// The README's command lines (`glm run … -x`) and flag tables (first column, in a
+    /// command's section) name only flags that exist, so the reference cannot drift from
+    /// `--help`.
+    #[test]
+    fn the_readme_names_only_flags_that_exist() {
+        let readme = include_str!("../../README.md");
+        let command_line = regex::Regex::new(r"\bglm ([a-z]+)\b([^#`]*)").expect("pattern");
+        let section = regex::Regex::new(r"^### `glm ([a-z]+)").expect("pattern");
+        let mut current: Option<String> = None;
+        let mut checked = 0;
+        for line in readme.lines() {
+            if let Some(heading) = section.captures(line) {
+                current = Some(heading[1].to_owned());
+            } else if line.starts_with("## ") {
+                current = None;
+            }
+            let mut uses: Vec<(String, String)> = Vec::new();
+            for found in command_line.captures_iter(line) {
+                uses.extend(flags_in(&found[2]).into_iter().map(|f| (found[1].to_owned(), f)));
+            }
+            if let (Some(command), Some(cell)) = (&current, line.strip_prefix('|')) {
+                let first_cell = cell.split(" | ").next().unwrap_or_default();
+                uses.extend(flags_in(first_cell).into_iter().map(|f| (command.clone(), f)));
+            }
+            for (command, flag) in uses {
+                if command == "chat" && flag.starts_with('/') {
+                    continue;
+                }
+                assert!(
+                    spellings(&command).contains(&flag),
+                    "README: `glm {command}` has no flag {flag} (line: {line})"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "only {checked} flags found: is the pattern still right?");
+    }
+
+    #[test]
+    fn a_made_up_flag_in_the_readme_would_be_caught() {
+        assert!(!spellings("run").contains("--no-such-flag"));
+        assert!(spellings("run").contains("-ngl") && spellings("run").contains("--n-predict"));
+        assert_eq!(
+            flags_in("`-c, --ctx-size` (`-ctk`) -5 a-b"),
+            ["-c", "--ctx-size", "-ctk"]
+        );
+    }
+}
