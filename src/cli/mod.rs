@@ -50,7 +50,8 @@ enum Command {
 pub struct QuantizeArgs {
     /// An F32, F16 or BF16 GGUF file.
     pub input: PathBuf,
-    /// The file to write.
+    /// The file to write; in a folder, the input's name with the new type
+    /// (`X-BF16.gguf` → `DIR/X-Q4_K_M.gguf`).
     pub output: PathBuf,
     /// Quantization preset or preset YAML file.
     #[arg(long, visible_alias = "type", value_name = "PRESET")]
@@ -70,7 +71,7 @@ pub struct QuantizeArgs {
 pub struct ConvertArgs {
     /// Checkpoint folder (config.json, *.safetensors, tokenizer files).
     pub input: PathBuf,
-    /// Output file [default: <folder name>-<TYPE>.gguf in the current directory].
+    /// Output file or folder [default: <folder name>-<TYPE>.gguf in the current directory].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Quantization preset (`glm presets` lists them) or a preset YAML file.
@@ -102,6 +103,9 @@ pub struct ConvertArgs {
 pub struct ModelArgs {
     /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
     pub model: PathBuf,
+    /// Quantization preset for a checkpoint folder, converted once into the cache [default: bf16, exact]. Ignored for GGUF files.
+    #[arg(long, value_name = "PRESET")]
+    pub quant: Option<String>,
     #[command(flatten)]
     pub placement: PlacementArgs,
     #[command(flatten)]
@@ -285,7 +289,7 @@ pub struct LogitsArgs {
     /// The vision projector [default: the `*mmproj*.gguf` next to the model].
     #[arg(long, value_name = "FILE")]
     pub mmproj: Option<PathBuf>,
-    /// Output JSON file.
+    /// Output JSON file; `-` writes it to standard output, a folder gets `logits.json`.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Replace the output file if it exists.

@@ -95,7 +95,7 @@ pub fn text_argument(text: &str) -> Result<String> {
 /// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
 /// With `--dry-run` the memory plan is printed instead and the program ends.
 pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Result<(Engine, PathBuf)> {
-    let path = crate::model_source::resolve(&args.model)?;
+    let path = crate::model_source::resolve(&args.model, args.quant.as_deref())?;
     if let Some(numa) = args.placement.numa {
         crate::engine::use_numa(numa.into())?;
     }
