@@ -638,3 +638,18 @@ fn inspect_explains_a_checkpoint_folder() {
     );
     assert!(!err.contains("checkpoint"), "{err}");
 }
+
+#[test]
+fn a_vocabulary_only_file_is_no_model() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let vocabulary = work.path().join("vocabulary.gguf");
+    glm_convert::write_vocabulary(&model_dir("glm-tiny"), &vocabulary).expect("write the vocabulary");
+    let out = glm(
+        &work.path().join("cache"),
+        &[os("run"), vocabulary.as_os_str(), os("-p"), os("hi"), os("-n"), os("1")],
+    );
+    let err = assert_refused(&out, "run a vocabulary-only file", &["vocabulary.gguf"]);
+    assert!(!err.contains("panicked"), "{err}");
+    let tokens = tokenize(&work.path().join("cache"), work.path(), &vocabulary, "Hello world");
+    assert_eq!(tokens, [809, 78, 714]);
+}
