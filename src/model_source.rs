@@ -108,7 +108,7 @@ pub fn check_gguf_magic(path: &Path) -> Result<()> {
 }
 
 /// What the sidecar `<stem>.source.json` of a cache entry records.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SourceRecord {
     /// The checkpoint folder, canonical.
     source: String,
