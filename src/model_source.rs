@@ -1,24 +1,53 @@
 //! Resolves what the user named as a model: a GGUF file is used as is; a Hugging Face
-//! checkpoint folder is converted once (BF16, lossless for BF16 checkpoints) into a cache
-//! and reused until the checkpoint changes.
+//! checkpoint folder is converted once (BF16 unless `--quant` says otherwise; lossless for
+//! BF16 checkpoints) into a cache and reused until the checkpoint changes. Each cache
+//! entry has a sidecar `<stem>.source.json` naming the folder it came from, so a new
+//! conversion of a changed folder replaces the old one instead of piling up.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use glm_convert::{ConvertOptions, Preset};
+use serde::{Deserialize, Serialize};
 
+use crate::engine::quantize::GgmlQuantizer;
 use crate::progress::ConvertProgress;
 
-pub fn resolve(model: &Path) -> Result<PathBuf> {
+/// The preset a checkpoint folder is converted with when `--quant` is not given.
+const DEFAULT_PRESET: &str = "bf16";
+
+/// The GGUF file for `model`; a checkpoint folder is converted with the preset `quant`
+/// (once, into the cache).
+pub fn resolve(model: &Path, quant: Option<&str>) -> Result<PathBuf> {
     if model.is_dir() {
-        return cached_conversion(model);
+        return cached_conversion(model, quant.unwrap_or(DEFAULT_PRESET));
     }
     if !model.exists() {
         bail!("{}: no such file or folder", model.display());
     }
     check_gguf_magic(model)?;
+    if let Some(quant) = quant {
+        eprintln!(
+            "warning: --quant {quant} is ignored: {} is a GGUF file (use `glm quantize` to re-quantize it)",
+            model.display()
+        );
+    }
     Ok(model.to_path_buf())
+}
+
+/// Refuses a folder where a GGUF file is needed, saying what to do with a checkpoint.
+pub fn refuse_folder(path: &Path, command: &str) -> Result<()> {
+    if !path.is_dir() {
+        return Ok(());
+    }
+    if path.join("config.json").is_file() {
+        bail!(
+            "{0}: a checkpoint folder; {command} reads GGUF files: convert it first with `glm convert {0}`",
+            path.display()
+        );
+    }
+    bail!("{}: a folder; {command} reads GGUF files", path.display());
 }
 
 /// The vision projector for `model`: `explicit` when given, else the `*mmproj*.gguf`
@@ -66,6 +95,7 @@ pub fn projector_for(model: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 pub fn check_gguf_magic(path: &Path) -> Result<()> {
+    refuse_folder(path, "this command")?;
     let mut magic = [0u8; 4];
     let mut file = glm_convert::files::open_regular(path)?;
     if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
@@ -77,37 +107,159 @@ pub fn check_gguf_magic(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cached_conversion(dir: &Path) -> Result<PathBuf> {
-    let cache_dir = std::env::var_os("GLM_CACHE_DIR")
+/// What the sidecar `<stem>.source.json` of a cache entry records.
+#[derive(Debug, Serialize, Deserialize)]
+struct SourceRecord {
+    /// The checkpoint folder, canonical.
+    source: String,
+    /// The preset: a built-in name, or `file:<sha256>` of a YAML preset's contents.
+    preset: String,
+    /// [`checkpoint_fingerprint`] when converted; another value means the folder changed.
+    checkpoint: String,
+    glm: String,
+    /// The entry's files, beside the sidecar.
+    files: Vec<String>,
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("GLM_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))
         .context("no cache directory: set GLM_CACHE_DIR")?;
-    std::fs::create_dir_all(&cache_dir).with_context(|| format!("{}: cannot create the cache", cache_dir.display()))?;
-    let stem = format!("{}-{}", glm_convert::model_base_name(dir), checkpoint_fingerprint(dir)?);
-    let file = cache_dir.join(format!("{stem}-BF16.gguf"));
-    if !file.is_file() {
-        eprintln!("converting {} to {} (once)", dir.display(), file.display());
-        let options = ConvertOptions {
-            preset: Preset::load("bf16")?,
-            quantizer: None,
-            importance: None,
-            name: None,
-            plan: Default::default(),
-        };
-        let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
-        glm_convert::files::check_output(&file, &[dir], true)?;
-        glm_convert::files::check_output(&projector, &[dir], true)?;
-        glm_convert::convert(dir, &file, &options, &ConvertProgress::new())?;
-        // Named so that `projector_for` finds it beside the model.
-        glm_convert::mmproj::convert_mmproj(
-            dir,
-            &projector,
-            glm_convert::GgmlType::F16,
-            &options,
-            &ConvertProgress::new(),
-        )?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the cache", dir.display()))?;
+    Ok(dir)
+}
+
+fn cached_conversion(dir: &Path, quant: &str) -> Result<PathBuf> {
+    let cache_dir = cache_dir()?;
+    let source = dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    let preset = Preset::load(quant)?;
+    let preset_id = preset_identity(quant)?;
+    let checkpoint = checkpoint_fingerprint(&source)?;
+    let stem = format!(
+        "{}-{}",
+        glm_convert::model_base_name(&source),
+        entry_key(&checkpoint, &preset_id)
+    );
+    let file = cache_dir.join(format!("{stem}-{}.gguf", preset.label()));
+    let sidecar = cache_dir.join(format!("{stem}.source.json"));
+    // The sidecar is written last: without it an entry is incomplete (a conversion was
+    // killed between the model and its projector) and is made again.
+    if file.is_file() && read_record(&sidecar).is_some() {
+        return Ok(file);
     }
+    eprintln!("converting {} to {} (once)", dir.display(), file.display());
+    let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
+    let mut files = vec![file.clone()];
+    files.extend(convert_into_cache(&source, &file, &projector, preset)?);
+    let record = SourceRecord {
+        source: source.to_string_lossy().into_owned(),
+        preset: preset_id,
+        checkpoint,
+        glm: env!("CARGO_PKG_VERSION").to_owned(),
+        files: files
+            .iter()
+            .filter_map(|f| f.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect(),
+    };
+    glm_convert::files::write_bytes(&sidecar, &serde_json::to_vec_pretty(&record)?)?;
+    remove_stale_entries(&cache_dir, &record);
     Ok(file)
+}
+
+/// Converts the model and, for a vision checkpoint, its projector (returned). The
+/// projector is named so that `projector_for` finds it beside the model.
+fn convert_into_cache(source: &Path, file: &Path, projector: &Path, preset: Preset) -> Result<Option<PathBuf>> {
+    let options = ConvertOptions {
+        preset,
+        quantizer: Some(&GgmlQuantizer),
+        importance: None,
+        name: None,
+        plan: Default::default(),
+    };
+    glm_convert::files::check_output(file, &[source], true)?;
+    glm_convert::files::check_output(projector, &[source], true)?;
+    glm_convert::convert(source, file, &options, &ConvertProgress::new())?;
+    let written = glm_convert::mmproj::convert_mmproj(
+        source,
+        projector,
+        glm_convert::GgmlType::F16,
+        &options,
+        &ConvertProgress::new(),
+    )?;
+    Ok(written.map(|_| projector.to_path_buf()))
+}
+
+/// What identifies a preset in the cache key: a built-in's name, or a YAML file's
+/// contents (an edited file makes a new conversion).
+fn preset_identity(quant: &str) -> Result<String> {
+    if let Some(name) = Preset::built_in_names()
+        .into_iter()
+        .find(|n| n.eq_ignore_ascii_case(quant))
+    {
+        return Ok(name.to_owned());
+    }
+    let bytes = glm_convert::files::read_limited(Path::new(quant), glm_convert::files::MAX_PRESET_BYTES)?;
+    Ok(format!("file:{}", hex_digest(&[&bytes], 32)))
+}
+
+/// The cache entry's key: the checkpoint's fingerprint and the preset.
+fn entry_key(checkpoint: &str, preset_id: &str) -> String {
+    hex_digest(&[checkpoint.as_bytes(), preset_id.as_bytes()], 8)
+}
+
+fn hex_digest(parts: &[&[u8]], bytes: usize) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()[..bytes].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_record(sidecar: &Path) -> Option<SourceRecord> {
+    let text = glm_convert::files::read_text_limited(sidecar, glm_convert::files::MAX_CONFIG_BYTES).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Removes the entries made from `current`'s folder before it changed (any preset, any
+/// glm version: the fingerprint includes the version). Entries of other folders, and of
+/// this folder with other presets, stay.
+fn remove_stale_entries(cache_dir: &Path, current: &SourceRecord) {
+    let Ok(listing) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let sidecar = entry.path();
+        if !sidecar.to_string_lossy().ends_with(".source.json") {
+            continue;
+        }
+        let Some(record) = read_record(&sidecar) else {
+            continue;
+        };
+        if record.source != current.source || record.checkpoint == current.checkpoint {
+            continue;
+        }
+        // Only plain names: a sidecar may not send the removal outside the cache.
+        let names = record
+            .files
+            .iter()
+            .filter(|n| Path::new(n).file_name() == Some(n.as_ref()));
+        for path in names.map(|n| cache_dir.join(n)).chain([sidecar]) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!(
+                        "warning: {}: cannot remove the outdated conversion: {e}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Changes whenever a file of the checkpoint is replaced, resized or touched. A

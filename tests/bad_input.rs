@@ -253,9 +253,15 @@ fn outputs_never_land_on_inputs_or_devices() {
             &[&ckpt],
         ),
         row(
-            "convert onto a folder",
-            &[&"convert", &ckpt, &"-o", &dir.path(), &"--force"],
-            &["folder"],
+            "convert into a folder that does not exist, named with a slash",
+            &[
+                &"convert",
+                &ckpt,
+                &"-o",
+                &format!("{}/", dir.path().join("nope").display()),
+                &"--force",
+            ],
+            &["nope/", "no such folder"],
             &[&ckpt],
         ),
     ];

@@ -5,18 +5,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not valid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    // The cause is part of the message and deliberately not a `source()`: the CLI prints
+    // an error's whole chain, which would say it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not valid JSON: {error}")]
+    Json { path: PathBuf, error: serde_json::Error },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path}: not a valid safetensors file: {reason}")]
@@ -43,7 +37,7 @@ impl ConvertError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ConvertError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -71,8 +65,8 @@ pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
         crate::files::MAX_CONFIG_BYTES
     };
     let text = crate::files::read_text_limited(path, limit)?;
-    serde_json::from_str(&text).map_err(|source| ConvertError::Json {
+    serde_json::from_str(&text).map_err(|error| ConvertError::Json {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }

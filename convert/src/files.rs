@@ -243,18 +243,42 @@ pub fn write_atomically<T, E: From<ConvertError>>(
     );
     let temp = temp_builder(&prefix)
         .tempfile_in(&folder)
-        .map_err(|e| ConvertError::io(&folder, e))?;
+        .map_err(|e| ConvertError::Invalid(format!("{}: cannot write: {}", path.display(), without_temp_name(e))))?;
     let temp_path = temp.path().to_path_buf();
     track_partial(&temp_path, true);
     // On any error `temp` is dropped, which removes the file.
     let result = write_and_sync(temp.as_file(), body).and_then(|value| {
         refuse_non_regular(&target)?;
-        temp.persist(&target).map_err(|e| ConvertError::io(path, e.error))?;
+        temp.persist(&target)
+            .map_err(|e| ConvertError::io(path, without_temp_name(e.error)))?;
         sync_folder(&folder).map_err(|e| ConvertError::io(&folder, e))?;
         Ok(value)
     });
     track_partial(&temp_path, false);
     result
+}
+
+/// tempfile appends ` at path "<temporary file>"` to its errors; that name means nothing
+/// to the user (the file is gone by the time they read it), so only the cause is kept.
+fn without_temp_name(error: std::io::Error) -> std::io::Error {
+    let text = error.to_string();
+    match text.split_once(" at path ") {
+        Some((cause, _)) => std::io::Error::new(error.kind(), cause.to_owned()),
+        None => error,
+    }
+}
+
+/// Where an output named on the command line goes: a path naming an existing folder
+/// (with or without a trailing slash) means `default_name` in that folder; a trailing
+/// slash on anything else names a folder that does not exist.
+pub fn output_in_folder(path: &Path, default_name: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        return Ok(path.join(default_name));
+    }
+    if path.as_os_str().to_string_lossy().ends_with(std::path::is_separator) {
+        return Err(ConvertError::Invalid(format!("{}: no such folder", path.display())));
+    }
+    Ok(path.to_path_buf())
 }
 
 fn temp_builder(prefix: &str) -> tempfile::Builder<'_, '_> {
@@ -388,6 +412,32 @@ mod tests {
             .contains("--force"));
         check_output(&other, &[&input], true).unwrap();
         check_output(&dir.path().join("new.gguf"), &[&input], false).unwrap();
+    }
+
+    #[test]
+    fn a_folder_output_gets_the_default_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = Path::new("m-Q8_0.gguf");
+        assert_eq!(output_in_folder(dir.path(), name).unwrap(), dir.path().join(name));
+        let slashed = PathBuf::from(format!("{}/", dir.path().display()));
+        assert_eq!(output_in_folder(&slashed, name).unwrap(), slashed.join(name));
+        let file = dir.path().join("out.gguf");
+        assert_eq!(output_in_folder(&file, name).unwrap(), file);
+        let missing = PathBuf::from(format!("{}/", dir.path().join("nope").display()));
+        let message = output_in_folder(&missing, name).unwrap_err().to_string();
+        assert_eq!(message, format!("{}: no such folder", missing.display()));
+    }
+
+    #[test]
+    fn errors_name_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("gone");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("out.json");
+        std::fs::remove_dir(&folder).unwrap();
+        let message = write_bytes(&path, b"x").unwrap_err().to_string();
+        assert!(!message.contains(".partial"), "{message}");
+        assert_eq!(message.matches("os error").count(), 1, "{message}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use imatrix::ImportanceMatrix;
 pub use preset::Preset;
 pub use requantize::requantize;
 pub use tensor_type::{GgmlType, Quantizer};
-pub use writer::{convert, ConvertOptions, ConvertSummary, Progress};
+pub use writer::{convert, write_vocabulary, ConvertOptions, ConvertSummary, Progress};
 
 /// The conventional file name for a conversion: `<folder name>-<PRESET>.gguf`, e.g.
 /// `GLM-4-9B-0414-Q4_K_M.gguf`.

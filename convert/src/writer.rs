@@ -62,6 +62,56 @@ pub fn convert<'a>(
     options: &ConvertOptions<'a>,
     progress: &dyn Progress,
 ) -> Result<ConvertSummary> {
+    let p = prepare(input, options)?;
+    check_planned(&p.config, &p.meta, &p.headers)?;
+    let written = write_planned(
+        output,
+        &p.meta,
+        &p.planned,
+        &p.headers,
+        &p.checkpoint,
+        options,
+        progress,
+    )?;
+    progress.finish();
+    Ok(ConvertSummary {
+        output: output.to_path_buf(),
+        architecture: p.arch.gguf_arch().to_owned(),
+        tensors: p.headers.len(),
+        parameters: p.parameters,
+        bytes: written,
+    })
+}
+
+/// Writes the metadata a conversion of `input` would carry (hyper-parameters, vocabulary,
+/// chat template) and no tensors: enough for llama.cpp to load the tokenizer
+/// (`vocab_only`) after reading only the config, the tokenizer files and the safetensors
+/// headers, never the weights.
+pub fn write_vocabulary(input: &Path, output: &Path) -> Result<()> {
+    let options = ConvertOptions {
+        preset: Preset::load("bf16")?,
+        quantizer: None,
+        importance: None,
+        name: None,
+        plan: PlanOptions::default(),
+    };
+    let p = prepare(input, &options)?;
+    write_atomically(output, |out| Ok(gguf::write_header(out, &p.meta, &[])?))?;
+    Ok(())
+}
+
+/// Everything known about a conversion before its first tensor byte is read.
+struct Prepared {
+    config: HfConfig,
+    arch: &'static dyn Architecture,
+    checkpoint: Checkpoint,
+    planned: Vec<PlannedTensor>,
+    headers: Vec<TensorHeader>,
+    meta: Metadata,
+    parameters: u64,
+}
+
+fn prepare(input: &Path, options: &ConvertOptions) -> Result<Prepared> {
     let config = HfConfig::load(input)?;
     config.check_ranges()?;
     let hf_arch = config.architecture()?;
@@ -93,16 +143,14 @@ pub fn convert<'a>(
     let vocab_size = embedding_rows(&checkpoint, &config)?;
     let vocab = Vocabulary::load(input, vocab_size)?;
     vocab.write_metadata(&mut meta, input, &config, &arch.special_tokens())?;
-    check_planned(&config, &meta, &headers)?;
-
-    let written = write_planned(output, &meta, &planned, &headers, &checkpoint, options, progress)?;
-    progress.finish();
-    Ok(ConvertSummary {
-        output: output.to_path_buf(),
-        architecture: arch.gguf_arch().to_owned(),
-        tensors: headers.len(),
+    Ok(Prepared {
+        config,
+        arch,
+        checkpoint,
+        planned,
+        headers,
+        meta,
         parameters,
-        bytes: written,
     })
 }
 

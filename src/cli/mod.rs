@@ -114,7 +114,8 @@ enum Command {
 pub struct QuantizeArgs {
     /// An F32, F16 or BF16 GGUF file.
     pub input: PathBuf,
-    /// The file to write.
+    /// The file to write; in a folder, the input's name with the new type
+    /// (`X-BF16.gguf` → `DIR/X-Q4_K_M.gguf`).
     pub output: PathBuf,
     /// Quantization preset or preset YAML file.
     #[arg(long, visible_alias = "type", value_name = "PRESET")]
@@ -134,7 +135,7 @@ pub struct QuantizeArgs {
 pub struct ConvertArgs {
     /// Checkpoint folder (config.json, *.safetensors, tokenizer files).
     pub input: PathBuf,
-    /// Output file [default: <folder name>-<TYPE>.gguf in the current directory].
+    /// Output file or folder [default: <folder name>-<TYPE>.gguf in the current directory].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Quantization preset (`glm presets` lists them) or a preset YAML file.
@@ -174,6 +175,10 @@ pub struct ModelArgs {
     /// The model, as llama.cpp's tools take it (instead of the first argument).
     #[arg(short = 'm', long = "model", value_name = "MODEL")]
     model_flag: Option<PathBuf>,
+    /// Quantization preset for a checkpoint folder, converted once into the cache
+    /// [default: bf16, exact]. Ignored for GGUF files.
+    #[arg(long, value_name = "PRESET")]
+    pub quant: Option<String>,
     #[command(flatten)]
     pub placement: PlacementArgs,
     #[command(flatten)]
@@ -463,7 +468,7 @@ pub struct LogitsArgs {
     /// Logits of every position instead of the last one only.
     #[arg(long, help_heading = "Output")]
     pub all: bool,
-    /// Output JSON file; `-` writes to standard output.
+    /// Output JSON file; `-` writes it to standard output, a folder gets `logits.json`.
     #[arg(short, long, help_heading = "Output")]
     pub output: PathBuf,
     /// Replace the output file if it exists.

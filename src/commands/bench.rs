@@ -78,7 +78,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut model_args = super::load_options(&args.model.placement, &args.model.context);
     model_args.ctx_size = context.ctx_size.max(largest);
     model_args.load_mtp = args.mtp;
-    let path = crate::model_source::resolve(&args.model.model)?;
+    let path = crate::model_source::resolve(&args.model.model, args.model.quant.as_deref())?;
     if args.model.context.dry_run {
         let mut planned = context.clone();
         planned.ctx_size = model_args.ctx_size;

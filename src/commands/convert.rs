@@ -13,10 +13,11 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     if !args.input.is_dir() {
         return Err(anyhow!("{}: not a checkpoint folder", args.input.display()));
     }
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| glm_convert::default_output_name(&args.input, &preset));
+    let default_name = glm_convert::default_output_name(&args.input, &preset);
+    let output = match &args.output {
+        Some(path) => glm_convert::files::output_in_folder(path, &default_name)?,
+        None => default_name,
+    };
     let importance = args.imatrix.as_deref().map(ImportanceMatrix::load).transpose()?;
     let options = ConvertOptions {
         preset,

@@ -13,6 +13,7 @@ use crate::cli::InspectArgs;
 const ARRAY_PREVIEW: usize = 6;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
+    crate::model_source::refuse_folder(&args.file, "inspect")?;
     let header = glm_convert::gguf::read_file(&args.file)?.header;
     let path = args.file.display();
     let mut out = String::new();

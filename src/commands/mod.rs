@@ -109,7 +109,7 @@ pub fn prompt_input_text(input: &PromptInput) -> Result<String> {
 /// The engine and the GGUF file it was loaded from (a projector is looked up beside it).
 /// With `--dry-run` the memory plan is printed instead and the program ends.
 pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Result<(Engine, PathBuf)> {
-    let path = crate::model_source::resolve(&args.model)?;
+    let path = crate::model_source::resolve(&args.model, args.quant.as_deref())?;
     warn_about_gpu_layers_without_gpu(&args.placement)?;
     if let Some(numa) = args.placement.numa {
         crate::engine::use_numa(numa.into())?;

@@ -51,7 +51,12 @@ pub fn check_model(h: &GgufHeader) -> Result<(), String> {
     }
     check_rope_sections(&p)?;
     let vocab = check_vocabulary(h)?;
-    check_tensors(h, layers, embd, vocab)?;
+    // A file without tensors holds a vocabulary only (as llama.cpp's ggml-vocab-*.gguf,
+    // or `glm tokenize` of a checkpoint folder): its tokenizer loads, and llama.cpp
+    // itself refuses it as a model (missing tensors).
+    if !h.tensors.is_empty() {
+        check_tensors(h, layers, embd, vocab)?;
+    }
     check_tensor_types(h)?;
     check_layer_shapes(&p, layers, embd)
 }
