@@ -207,6 +207,26 @@ fn a_message_that_does_not_fit_is_forgotten() {
     );
 }
 
+/// `/tool` and `/regen` that fail leave the conversation as it was: the tool result is
+/// not kept, and the reply `/regen` took away comes back.
+#[test]
+fn failed_tool_and_regen_turns_are_undone() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.json");
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(60);
+    let input = format!(
+        "Hello\n/tool {long}\n/system {long}\n/regen\n/system\n/save {}\n",
+        file.display()
+    );
+    let out = chat(&model, &["--ctx-size", "64"], &input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("does not fit in the context").count(), 2, "{err}");
+    assert!(err.contains("2 of the commands"), "{err}");
+    assert_eq!(saved_roles(&file), ["user", "assistant"], "{err}");
+}
+
 /// A turn that fails after the oldest messages were dropped to make room (here: a loaded
 /// image the text-only model cannot place) puts every message back.
 #[test]
