@@ -28,6 +28,7 @@ struct ChatState<'e> {
     sampling: Sampling,
     /// Where each sampling value came from (`/set` shows it).
     sampling_sources: super::SamplingSources,
+    /// Where the seed and max-tokens came from (`/set` and `/show` show it).
     other_sources: settings::OtherSources,
     show_reasoning: bool,
     last: Option<GenerationStats>,

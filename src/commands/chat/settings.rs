@@ -226,7 +226,24 @@ mod tests {
     }
 
     #[test]
-    fn the_max_tokens_default_is_read_from_the_flag() {
-        assert_eq!(default_max_tokens(), Some(1024));
+    fn seed_and_max_tokens_sources_follow_the_flags() {
+        use clap::FromArgMatches;
+        let flags = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("glm"));
+        let matches = flags.try_get_matches_from(["glm"]).expect("no flags");
+        let without_flags = GenerationArgs::from_arg_matches(&matches).expect("defaults");
+        assert_eq!(default_max_tokens(), Some(without_flags.max_tokens));
+        assert_eq!(
+            OtherSources::from_flags(&without_flags).of("max-tokens"),
+            Some("glm default")
+        );
+        let flags = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("glm"));
+        let matches = flags
+            .try_get_matches_from(["glm", "-n", "7", "--seed", "3"])
+            .expect("flags");
+        let sources = OtherSources::from_flags(&GenerationArgs::from_arg_matches(&matches).expect("args"));
+        assert_eq!(
+            (sources.of("max-tokens"), sources.of("seed")),
+            (Some("set"), Some("set"))
+        );
     }
 }
