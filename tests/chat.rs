@@ -150,6 +150,259 @@ fn unknown_commands_and_bad_files_fail_cleanly() {
     assert!(stderr(&out).contains("/nonexistent/conversation.json"));
 }
 
+/// (role, content) of every message of a saved conversation.
+fn saved_messages(path: &std::path::Path) -> Vec<(String, serde_json::Value)> {
+    read_json(path)
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap_or("").to_owned(), m["content"].clone()))
+        .collect()
+}
+
+fn user_contents(path: &std::path::Path) -> Vec<serde_json::Value> {
+    saved_messages(path)
+        .into_iter()
+        .filter(|(role, _)| role == "user")
+        .map(|(_, content)| content)
+        .collect()
+}
+
+/// A script goes on after a failed command or turn, reports each on stderr, and exits
+/// with status 1 at the end.
+#[test]
+fn scripts_go_on_after_an_error_and_fail_at_the_end() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.json");
+    let out = chat(&model, &[], &format!("/bogus\nHello\n/save {}\n", file.display()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: unknown command /bogus"), "{err}");
+    assert!(err.contains("1 of the commands and messages"), "{err}");
+    assert_eq!(
+        saved_roles(&file),
+        ["user", "assistant"],
+        "the turn after the error ran"
+    );
+    assert_eq!(user_contents(&file), ["Hello"]);
+}
+
+#[test]
+fn a_message_that_does_not_fit_is_forgotten() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.json");
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(60);
+    let input = format!("Hello\n{long}\nShort one\n/save {}\n", file.display());
+    let out = chat(&model, &["--ctx-size", "64"], &input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not fit in the context"), "{err}");
+    assert_eq!(saved_roles(&file), ["user", "assistant", "user", "assistant"]);
+    assert_eq!(
+        user_contents(&file),
+        ["Hello", "Short one"],
+        "the long message is not kept"
+    );
+}
+
+/// `/tool` and `/regen` that fail leave the conversation as it was: the tool result is
+/// not kept, and the reply `/regen` took away comes back.
+#[test]
+fn failed_tool_and_regen_turns_are_undone() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.json");
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(60);
+    let input = format!(
+        "Hello\n/tool {long}\n/system {long}\n/regen\n/system\n/save {}\n",
+        file.display()
+    );
+    let out = chat(&model, &["--ctx-size", "64"], &input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("does not fit in the context").count(), 2, "{err}");
+    assert!(err.contains("2 of the commands"), "{err}");
+    assert_eq!(saved_roles(&file), ["user", "assistant"], "{err}");
+}
+
+/// A turn that fails after the oldest messages were dropped to make room (here: a loaded
+/// image the text-only model cannot place) puts every message back.
+#[test]
+fn a_failed_turn_brings_back_the_dropped_messages() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let loaded = dir.path().join("loaded.json");
+    let saved = dir.path().join("saved.json");
+    let mut messages: Vec<serde_json::Value> = (0..24)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            serde_json::json!({"role": role, "content": format!("message {i}: the quick brown fox jumps over the lazy dog")})
+        })
+        .collect();
+    messages.push(serde_json::json!({"role": "user", "content": [
+        {"type": "image", "image": "/nonexistent/photo.png"},
+        {"type": "text", "text": "What is this?"}
+    ]}));
+    messages.push(serde_json::json!({"role": "assistant", "content": "A photo."}));
+    std::fs::write(&loaded, serde_json::Value::from(messages).to_string()).expect("write");
+    let input = format!("/load {}\nAnd now?\n/save {}\n", loaded.display(), saved.display());
+    let out = chat(&model, &["-c", "256", "--no-think"], &input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("(context full: dropped"), "room was made first: {err}");
+    assert!(err.contains("error: "), "{err}");
+    assert_eq!(read_json(&saved), read_json(&loaded), "{err}");
+}
+
+/// `/image` on a text-only model says why at once, and the chat goes on without it.
+#[test]
+fn image_without_a_projector_is_refused_at_once() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let picture = dir.path().join("picture.png");
+    std::fs::write(&picture, b"not read: refused before").expect("write");
+    let file = dir.path().join("c.json");
+    let input = format!("/image {}\nHello\n/save {}\n", picture.display(), file.display());
+    let out = chat(&model, &["--no-think"], &input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let refusal = err
+        .lines()
+        .find(|l| l.contains("/image") || l.contains("images"))
+        .unwrap_or("");
+    assert!(refusal.contains("cannot take images"), "{err}");
+    assert!(refusal.contains("no vision projector"), "the reason: {err}");
+    assert_eq!(saved_roles(&file), ["user", "assistant"], "{err}");
+    assert_eq!(user_contents(&file), ["Hello"], "no image went with the message");
+    assert_eq!(
+        err.matches("error: ").count(),
+        2,
+        "refused once, and the summary: {err}"
+    );
+}
+
+#[test]
+fn piped_lines_continue_after_a_backslash_like_at_the_terminal() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.json");
+    let input = format!("first \\\nsecond\nthird\n/save {}\n", file.display());
+    let out = chat(&model, &[], &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(user_contents(&file), ["first \nsecond", "third"]);
+}
+
+#[test]
+fn exit_quit_and_bye_all_leave() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for command in ["exit", "quit", "bye"] {
+        let file = dir.path().join(format!("{command}.json"));
+        let out = chat(&model, &[], &format!("/{command}\n/save {}\n", file.display()));
+        assert!(out.status.success(), "/{command}: {}", stderr(&out));
+        assert!(!file.exists(), "/{command} left before /save");
+    }
+}
+
+#[test]
+fn set_refuses_what_the_flags_refuse() {
+    let model = converted("glm-tiny", "q8_0");
+    let input = "/set top-p 2\n/set temp -1\n/set repeat-penalty 0\n/set top-k 3.5\n/set min-p 0.5\n/show\n";
+    let out = chat(&model, &[], input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for refusal in [
+        "error: top-p: 2 is outside 0..=1",
+        "error: temp: -1 is outside 0..=100",
+        "error: repeat-penalty: must be above 0",
+        "error: top-k: \"3.5\" is not a whole number",
+        "4 of the commands",
+    ] {
+        assert!(err.contains(refusal), "{refusal:?} in {err}");
+    }
+    assert!(err.contains("\ntemp            0 (set)\n"), "unchanged: {err}");
+    assert!(err.contains("\nmin-p           0.5 (set)\n"), "{err}");
+}
+
+#[test]
+fn show_tells_the_model_context_settings_and_prompt() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let input = "/show\n/system Be brief.\n/think on\n/reasoning hide\n/show\n/system\n/show\n";
+    let out = chat(&model, &["--seed", "5", "-c", "512", "--no-think"], input);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let shows: Vec<&str> = err.split("model          ").skip(1).collect();
+    assert_eq!(shows.len(), 3, "{err}");
+    let first = shows[0];
+    assert!(first.starts_with(&format!(" {} (glm4moe", model.display())), "{first}");
+    for line in [
+        "context         512 tokens",
+        "temp            0 (set)",
+        "seed            5 (set)",
+        "max-tokens      12 (set)",
+        "thinking        off",
+        "reasoning       shown",
+        "system prompt   (none)",
+    ] {
+        assert!(first.contains(line), "{line:?} in {first}");
+    }
+    let top_k = first.lines().find(|l| l.starts_with("top-k")).expect("top-k line");
+    assert!(top_k.ends_with("default)"), "{top_k}");
+    assert!(shows[1].contains("system prompt   \"Be brief.\""), "{}", shows[1]);
+    assert!(shows[1].contains("thinking        on"), "{}", shows[1]);
+    assert!(shows[1].contains("reasoning       hidden"), "{}", shows[1]);
+    assert!(shows[2].contains("system prompt   (none)"), "removed: {}", shows[2]);
+}
+
+#[test]
+fn the_seed_is_saved_and_loaded_unless_one_is_chosen() {
+    let model = converted("glm-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.json");
+    let out = chat(&model, &["--seed", "4321"], &format!("Hi\n/save {}\n", file.display()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_json(&file)[1]["seed"], 4321, "the reply keeps its seed");
+
+    let show_seed = |extra: &[&str]| {
+        let out = chat(&model, extra, &format!("/load {}\n/show\n", file.display()));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let err = stderr(&out);
+        err.lines()
+            .find(|l| l.starts_with("seed "))
+            .map(str::to_owned)
+            .unwrap_or(err)
+    };
+    assert_eq!(show_seed(&[]), "seed            4321 (saved chat)");
+    assert_eq!(show_seed(&["--seed", "5"]), "seed            5 (set)", "the flag wins");
+}
+
+/// Like `glm run`: when the reader of stdout goes away, the chat ends quietly.
+#[test]
+fn a_closed_stdout_ends_the_chat_quietly() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let model = converted("glm-tiny", "q8_0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm"))
+        .arg("chat")
+        .arg(&model)
+        .args(["--temp", "0", "-n", "12", "-t", "2", "--ignore-eos"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn glm chat");
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"Hello\nAgain\nOnce more\n").expect("write the script");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("error"), "{err}");
+}
+
 #[test]
 fn tool_results_continue_the_conversation() {
     let model = converted("glm4moe-tiny", "q8_0");

@@ -98,3 +98,36 @@ fn ctrl_c_stops_an_answer_and_keeps_the_conversation() {
         "the interrupted answer is kept"
     );
 }
+
+/// The terminal joins lines ending in `\` as a script does (`tests/chat.rs` checks the
+/// piped side with the same text), and `/system` says what it did.
+#[test]
+fn line_continuation_and_system_prompt_notices() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.txt");
+    let file = dir.path().join("c.json");
+    let mut chat = start(&model, &history, &["-n", "4"]);
+    chat.send_line("/system Be brief.").expect("send");
+    chat.exp_string("(system prompt set)").expect("set notice");
+    chat.exp_string(PROMPT).expect("prompt");
+    chat.send_line("/system").expect("send");
+    chat.exp_string("(system prompt removed)").expect("removed notice");
+    chat.exp_string(PROMPT).expect("prompt");
+    chat.send_line("first \\").expect("send");
+    // rexpect reads the "… " prompt byte by byte; the editor handing the terminal back
+    // after each line is plain ASCII.
+    chat.exp_string(BRACKETED_PASTE_OFF).expect("first line accepted");
+    chat.send_line("second").expect("send");
+    chat.exp_string(BRACKETED_PASTE_OFF).expect("message accepted");
+    chat.exp_string(PROMPT).expect("prompt after the answer");
+    chat.send_line(&format!("/save {}", file.display())).expect("send");
+    chat.exp_string("saved").expect("saved");
+    chat.send_control('d').expect("ctrl-d");
+    chat.exp_eof().expect("exit");
+    let saved = read_json(&file);
+    assert_eq!(
+        saved[0],
+        serde_json::json!({"role": "user", "content": "first \nsecond"})
+    );
+}

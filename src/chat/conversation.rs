@@ -86,6 +86,24 @@ impl Conversation {
         self.turns.push(message);
     }
 
+    /// Records on the last reply the random seed it was sampled with, so a saved
+    /// conversation tells how to sample it again (an extra field other readers ignore).
+    pub fn note_seed(&mut self, seed: u32) {
+        if let Some(reply) = self.turns.last_mut().filter(|m| m["role"] == "assistant") {
+            reply["seed"] = seed.into();
+        }
+    }
+
+    /// The seed of the latest reply that has one (files from before seeds were kept have
+    /// none).
+    pub fn last_seed(&self) -> Option<u32> {
+        self.turns
+            .iter()
+            .rev()
+            .find_map(|m| m["seed"].as_u64())
+            .and_then(|seed| u32::try_from(seed).ok())
+    }
+
     /// A tool's result, as a JSON value or text.
     pub fn push_tool_result(&mut self, result: &str) {
         let content = match serde_json::from_str::<Value>(result) {
@@ -207,6 +225,21 @@ mod tests {
         c.save(&path, &[]).unwrap();
         let loaded = Conversation::load(&path).unwrap();
         assert_eq!(loaded.messages(), c.messages());
+    }
+
+    #[test]
+    fn the_latest_seed_is_kept_on_its_reply() {
+        let mut c = sample();
+        assert_eq!(c.last_seed(), None, "older conversations have no seed");
+        c.note_seed(7);
+        c.push_user("three", &[]);
+        c.note_seed(9);
+        assert_eq!(c.messages()[4]["seed"], 7);
+        assert!(c.messages()[5].get("seed").is_none(), "only replies carry a seed");
+        assert_eq!(c.last_seed(), Some(7));
+        c.push_assistant("3", "", &[]);
+        c.note_seed(9);
+        assert_eq!(c.last_seed(), Some(9));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{Editor, Helper};
 
-use super::read_block;
+use super::gather_message;
 use super::slash_commands::command_names;
 
 pub(super) enum Prompted {
@@ -55,21 +55,20 @@ fn read_message(editor: &mut Editor<ReplHelper, FileHistory>) -> Result<Option<S
         Err(ReadlineError::Eof) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
-        let mut next = || editor.readline("… ").ok();
-        return Ok(Some(read_block(rest, &mut next).unwrap_or_default()));
-    }
-    let mut text = first;
-    while text.ends_with('\\') {
-        text.pop();
-        text.push('\n');
-        match editor.readline("… ") {
-            Ok(line) => text.push_str(&line),
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e),
+    let mut failure = None;
+    let message = gather_message(first, || match editor.readline("… ") {
+        Ok(line) => Some(line),
+        Err(ReadlineError::Eof) => None,
+        Err(e) => {
+            failure = Some(e);
+            None
         }
+    });
+    if let Some(e) = failure {
+        return Err(e);
     }
-    Ok(Some(text))
+    // A `"""` block left open by Ctrl-D is dropped, as an empty message.
+    Ok(Some(message.unwrap_or_default()))
 }
 
 /// `$GLM_HISTORY_FILE`, else `glm/history.txt` under the user's data directory, when it

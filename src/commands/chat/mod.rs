@@ -28,6 +28,8 @@ struct ChatState<'e> {
     sampling: Sampling,
     /// Where each sampling value came from (`/set` shows it).
     sampling_sources: super::SamplingSources,
+    /// Where the seed and max-tokens came from (`/set` and `/show` show it).
+    other_sources: settings::OtherSources,
     show_reasoning: bool,
     last: Option<GenerationStats>,
     /// Plain output for scripts: no notices on stdout.
@@ -58,6 +60,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         conversation: Conversation::new(args.prompt_format.system.clone()),
         sampling,
         sampling_sources,
+        other_sources: settings::OtherSources::from_flags(&args.generation),
         generation: args.generation.clone(),
         show_reasoning: !args.generation.hide_reasoning,
         last: None,
@@ -79,28 +82,86 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     }
 }
 
-/// One turn per line (or per `"""` block) from stdin; answers printed plainly.
+/// One turn per line (or `"""` block, or lines joined by a trailing `\`) from stdin;
+/// answers printed plainly. A failed command or turn is reported and the script goes on,
+/// like at the terminal; the exit status tells the caller that something failed.
 fn scripted(state: &mut ChatState) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    while let Some(line) = bounded_line(&mut input)? {
-        let text = match line.trim_start().strip_prefix("\"\"\"") {
-            Some(first) => read_block(first, || bounded_line(&mut input).ok().flatten())?,
-            None => line,
-        };
-        if text.trim().is_empty() {
-            continue;
-        }
-        if let Some(command) = text.trim().strip_prefix('/') {
-            match dispatch(state, command)? {
-                Flow::Continue => continue,
-                Flow::Leave => break,
+    let mut failures = 0;
+    while let Some(text) = next_scripted_message(&mut input)? {
+        match handle(state, &text) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Leave) => break,
+            // The reader has gone (`| head`): nobody is left to tell, as with `glm run`.
+            Err(e) if is_broken_pipe(&e) => return Ok(()),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failures += 1;
             }
         }
-        push_user(state, &text);
-        answer(state)?;
+    }
+    if failures > 0 {
+        bail!("{failures} of the commands and messages read from standard input failed (see above)");
     }
     Ok(())
+}
+
+/// The next message of a script, gathered from as many lines as it spans.
+fn next_scripted_message<R: BufRead>(input: &mut R) -> Result<Option<String>> {
+    let Some(first) = bounded_line(input)? else {
+        return Ok(None);
+    };
+    let mut failure = None;
+    let message = gather_message(first, || {
+        bounded_line(input).unwrap_or_else(|e| {
+            failure = Some(e);
+            None
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    message.map(Some)
+}
+
+/// A message or a command, the same from the terminal and from a script.
+fn handle(state: &mut ChatState, text: &str) -> Result<Flow> {
+    if text.trim().is_empty() {
+        return Ok(Flow::Continue);
+    }
+    if let Some(command) = text.trim().strip_prefix('/') {
+        return dispatch(state, command);
+    }
+    all_or_nothing(state, |state| {
+        push_user(state, text);
+        answer(state)
+    })?;
+    Ok(Flow::Continue)
+}
+
+/// Runs a turn; when it fails, the conversation and the attached images are put back as
+/// they were before it. Otherwise a message that failed (too long, a template error, an
+/// interrupted evaluation) would be sent again with every later one, and the messages
+/// dropped to make room for it would stay lost.
+fn all_or_nothing(state: &mut ChatState, turn: impl FnOnce(&mut ChatState) -> Result<()>) -> Result<()> {
+    let conversation = state.conversation.clone();
+    let images = state.pending_images.clone();
+    let result = turn(state);
+    if result.is_err() {
+        state.conversation = conversation;
+        state.pending_images = images;
+    }
+    result
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The longest line a script may send (a turn is bounded by the context anyway).
@@ -150,25 +211,33 @@ fn repl(state: &mut ChatState) -> Result<()> {
                 continue;
             }
         };
-        if text.trim().is_empty() {
-            continue;
-        }
-        if let Some(command) = text.trim().strip_prefix('/') {
-            match dispatch(state, command) {
-                Ok(Flow::Continue) => continue,
-                Ok(Flow::Leave) => break,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    continue;
-                }
-            }
-        }
-        push_user(state, &text);
-        if let Err(e) = answer(state) {
-            eprintln!("error: {e:#}");
+        match handle(state, &text) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Leave) => break,
+            Err(e) if is_broken_pipe(&e) => return Ok(()),
+            Err(e) => eprintln!("error: {e:#}"),
         }
     }
     Ok(())
+}
+
+/// One message from its first line and the lines after it, read only as far as needed:
+/// a `"""` block, lines continued with a trailing `\`, or the line alone. The terminal
+/// and scripts both read messages this way, so a script types what a person would.
+fn gather_message(first: String, mut next_line: impl FnMut() -> Option<String>) -> Result<String> {
+    if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
+        return read_block(rest, next_line);
+    }
+    let mut text = first;
+    while text.ends_with('\\') {
+        text.pop();
+        text.push('\n');
+        match next_line() {
+            Some(line) => text.push_str(&line),
+            None => break,
+        }
+    }
+    Ok(text)
 }
 
 /// The rest of a `"""` block whose first line (after the quotes) is `first`.
@@ -267,38 +336,93 @@ fn render_if_fits(state: &ChatState, conversation: &Conversation, limit: usize) 
 /// Renders the conversation, makes room in the context if needed, and streams the reply.
 fn answer(state: &mut ChatState) -> Result<()> {
     let (prompt, tokens) = fit_to_context(state)?;
-    let images = state.conversation.images();
     let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
-    let mut on_text = |text: &str| printer.push(text) && !crate::signals::interrupted();
-    let (max_tokens, sampling) = (state.generation.max_tokens, state.sampling.clone());
-    let stats = if images.is_empty() {
-        state.session.respond(&tokens, max_tokens, &sampling, &mut on_text)?
-    } else {
-        let prompt = super::place_images(&prompt, images.len())?;
-        if state.projector.is_none() {
-            state.projector = Some(super::load_projector(
-                state.engine,
-                &state.model_path,
-                state.projector_path.as_deref(),
-                state.threads,
-            )?);
-        }
-        let projector = state.projector.as_mut().context("vision projector")?;
-        state
-            .session
-            .respond_with_images(projector, &prompt, &images, max_tokens, &sampling, &mut on_text)?
-    };
-    let reply: Reply = printer.finish().context("writing the answer")?;
+    let generated = generate(state, &prompt, &tokens, &mut printer);
+    // Also after a failure midway, so the streamed line and the dimmed reasoning end.
+    let written = printer.finish().context("writing the answer");
+    let stats = generated?;
+    let reply: Reply = written?;
     if crate::signals::take_interrupt() {
         eprintln!("(interrupted)");
     }
-    std::io::stdout().flush()?;
+    std::io::stdout().flush().context("writing the answer")?;
     state
         .conversation
         .push_assistant(&reply.content, &reply.reasoning, &reply.tool_calls);
+    state.conversation.note_seed(state.sampling.seed);
     if !reply.tool_calls.is_empty() {
         notice(state, "(give the result with /tool <json>)");
     }
     state.last = Some(stats);
     Ok(())
+}
+
+/// Evaluates the prompt (with the conversation's images, if any) and streams the reply
+/// into `printer`.
+fn generate(
+    state: &mut ChatState,
+    prompt: &str,
+    tokens: &[i32],
+    printer: &mut ReplyPrinter,
+) -> Result<GenerationStats> {
+    let images = state.conversation.images();
+    let mut on_text = |text: &str| printer.push(text) && !crate::signals::interrupted();
+    let (max_tokens, sampling) = (state.generation.max_tokens, state.sampling.clone());
+    if images.is_empty() {
+        return state.session.respond(tokens, max_tokens, &sampling, &mut on_text);
+    }
+    let prompt = super::place_images(prompt, images.len())?;
+    load_projector(state)?;
+    let projector = state.projector.as_mut().context("vision projector")?;
+    state
+        .session
+        .respond_with_images(projector, &prompt, &images, max_tokens, &sampling, &mut on_text)
+}
+
+/// Loads the vision projector once, at the first image, and remembers where it was
+/// found (`/show` names it, `/save` will not overwrite it).
+fn load_projector(state: &mut ChatState) -> Result<()> {
+    if state.projector.is_none() {
+        let path = crate::model_source::projector_for(&state.model_path, state.projector_path.as_deref())?;
+        state.projector = Some(state.engine.load_projector(&path, state.threads)?);
+        state.projector_path = Some(path);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gathered(first: &str, rest: &[&str]) -> Result<String> {
+        let mut lines = rest.iter().map(|l| l.to_string());
+        gather_message(first.to_owned(), || lines.next())
+    }
+
+    #[test]
+    fn a_trailing_backslash_continues_the_message() {
+        assert_eq!(gathered("first \\", &["second"]).unwrap(), "first \nsecond");
+        assert_eq!(gathered("a\\", &["b\\", "c", "not read"]).unwrap(), "a\nb\nc");
+        assert_eq!(gathered("alone", &["not read"]).unwrap(), "alone");
+        assert_eq!(gathered("cut \\", &[]).unwrap(), "cut \n", "input ended");
+    }
+
+    #[test]
+    fn blocks_run_to_the_closing_quotes() {
+        assert_eq!(
+            gathered("\"\"\"one", &["two\\", "three\"\"\""]).unwrap(),
+            "one\ntwo\\\nthree"
+        );
+        assert_eq!(gathered("\"\"\"inline\"\"\"", &[]).unwrap(), "inline");
+        assert!(gathered("\"\"\"open", &["never closed"]).is_err());
+    }
+
+    #[test]
+    fn broken_pipes_are_found_under_context() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let e = anyhow::Error::new(pipe).context("writing the answer");
+        assert!(is_broken_pipe(&e));
+        let other = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!is_broken_pipe(&other.context("writing the answer")));
+    }
 }

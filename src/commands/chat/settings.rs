@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{notice, ChatState};
-use crate::cli;
+use crate::cli::{self, GenerationArgs};
 
 struct Setting {
     name: &'static str,
@@ -24,6 +24,9 @@ enum Value {
     Count(Field<usize>),
 }
 
+/// The range of `--top-k` (a test checks that the two agree).
+const MAX_TOP_K: i64 = 1 << 24;
+
 const SETTINGS: &[Setting] = &[
     Setting {
         name: "temp",
@@ -33,7 +36,7 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "top-k",
         aliases: &[],
-        value: Value::Integer(0, i32::MAX as i64, |s| &mut s.sampling.top_k),
+        value: Value::Integer(0, MAX_TOP_K, |s| &mut s.sampling.top_k),
     },
     Setting {
         name: "top-p",
@@ -95,16 +98,65 @@ pub(super) fn names() -> Vec<&'static str> {
     SETTINGS.iter().map(|s| s.name).collect()
 }
 
+/// Where the settings without a model default (seed, max-tokens) came from; the
+/// sampling values keep theirs in [`super::super::SamplingSources`].
+pub(super) struct OtherSources(Vec<(&'static str, &'static str)>);
+
+impl OtherSources {
+    pub(super) fn from_flags(args: &GenerationArgs) -> Self {
+        let seed = if args.seed.is_some() { "set" } else { "random" };
+        let max_tokens = if Some(args.max_tokens) == default_max_tokens() {
+            "glm default"
+        } else {
+            "set"
+        };
+        Self(vec![("seed", seed), ("max-tokens", max_tokens)])
+    }
+
+    fn of(&self, name: &str) -> Option<&'static str> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    fn record(&mut self, name: &'static str, source: &'static str) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = source,
+            None => self.0.push((name, source)),
+        }
+    }
+}
+
+/// glm's `--max-tokens` default, read from the flag's definition so the two cannot drift.
+fn default_max_tokens() -> Option<usize> {
+    let command = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("chat"));
+    let flag = command.get_arguments().find(|a| a.get_id() == "max_tokens")?;
+    flag.get_default_values().first()?.to_str()?.parse().ok()
+}
+
+fn source(state: &ChatState, name: &str) -> &'static str {
+    state
+        .sampling_sources
+        .of(name)
+        .map(|s| s.describe())
+        .or_else(|| state.other_sources.of(name))
+        .unwrap_or("glm default")
+}
+
+/// One line per setting: its value and where the value came from.
+pub(super) fn lines(state: &mut ChatState) -> Vec<String> {
+    SETTINGS
+        .iter()
+        .map(|setting| {
+            let value = setting.value.show(state);
+            format!("{:<15} {value} ({})", setting.name, source(state, setting.name))
+        })
+        .collect()
+}
+
 /// `/set <param> <value>`; `/set` alone lists the values and where each came from.
 pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
     if argument.trim().is_empty() {
-        for setting in SETTINGS {
-            let value = setting.value.show(state);
-            let source = state
-                .sampling_sources
-                .of(setting.name)
-                .map_or(String::new(), |s| format!(" ({})", s.describe()));
-            eprintln!("{:<15} {value}{source}", setting.name);
+        for line in lines(state) {
+            eprintln!("{line}");
         }
         return Ok(());
     }
@@ -117,8 +169,19 @@ pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
     };
     setting.value.apply(state, value).map_err(|e| anyhow!("{name}: {e}"))?;
     state.sampling_sources.set_by_user(setting.name);
+    state.other_sources.record(setting.name, "set");
     notice(state, &format!("({} = {value})", setting.name));
     Ok(())
+}
+
+/// After `/load`: the seed of the saved replies, unless the user chose one.
+pub(super) fn restore_seed(state: &mut ChatState, seed: Option<u32>) {
+    let Some(seed) = seed.filter(|_| state.other_sources.of("seed") != Some("set")) else {
+        return;
+    };
+    state.sampling.seed = seed;
+    state.other_sources.record("seed", "saved chat");
+    notice(state, &format!("(seed = {seed}, from the saved chat)"));
 }
 
 fn integer(value: &str, range: std::ops::RangeInclusive<i64>) -> Result<i32> {
@@ -143,5 +206,44 @@ mod tests {
     fn every_setting_is_listed() {
         assert_eq!(names().len(), SETTINGS.len());
         assert!(names().contains(&"max-tokens"));
+    }
+
+    /// Whole-number settings accept exactly what their flags accept, at both ends.
+    #[test]
+    fn integer_settings_take_what_the_flags_take() {
+        let flags = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("glm"));
+        for setting in SETTINGS {
+            let Value::Integer(low, high, _) = setting.value else {
+                continue;
+            };
+            for value in [low - 1, low, high, high + 1] {
+                let flag = format!("--{}={value}", setting.name);
+                let by_flag = flags.clone().try_get_matches_from(["glm", flag.as_str()]).is_ok();
+                let by_set = integer(&value.to_string(), low..=high).is_ok();
+                assert_eq!(by_set, by_flag, "{flag}");
+            }
+        }
+    }
+
+    #[test]
+    fn seed_and_max_tokens_sources_follow_the_flags() {
+        use clap::FromArgMatches;
+        let flags = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("glm"));
+        let matches = flags.try_get_matches_from(["glm"]).expect("no flags");
+        let without_flags = GenerationArgs::from_arg_matches(&matches).expect("defaults");
+        assert_eq!(default_max_tokens(), Some(without_flags.max_tokens));
+        assert_eq!(
+            OtherSources::from_flags(&without_flags).of("max-tokens"),
+            Some("glm default")
+        );
+        let flags = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("glm"));
+        let matches = flags
+            .try_get_matches_from(["glm", "-n", "7", "--seed", "3"])
+            .expect("flags");
+        let sources = OtherSources::from_flags(&GenerationArgs::from_arg_matches(&matches).expect("args"));
+        assert_eq!(
+            (sources.of("max-tokens"), sources.of("seed")),
+            (Some("set"), Some("set"))
+        );
     }
 }

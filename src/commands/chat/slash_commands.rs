@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-use super::{answer, notice, settings, stats, ChatState};
+use super::{all_or_nothing, answer, load_projector, notice, settings, stats, ChatState};
 use crate::chat::Conversation;
 
 /// What the chat does after a command.
@@ -38,7 +38,7 @@ pub(super) const COMMANDS: &[SlashCommand] = &[
     },
     SlashCommand {
         name: "exit",
-        aliases: &["quit"],
+        aliases: &["quit", "bye"],
         usage: "",
         help: "leave (or Ctrl-D)",
         run: |_, _| Ok(Flow::Leave),
@@ -114,6 +114,16 @@ pub(super) const COMMANDS: &[SlashCommand] = &[
         run: |state, argument| settings::set(state, argument).map(|()| Flow::Continue),
     },
     SlashCommand {
+        name: "show",
+        aliases: &[],
+        usage: "",
+        help: "the model, context, settings, thinking, reasoning and system prompt",
+        run: |state, _| {
+            eprintln!("{}", show(state));
+            Ok(Flow::Continue)
+        },
+    },
+    SlashCommand {
         name: "stats",
         aliases: &[],
         usage: "",
@@ -170,7 +180,12 @@ fn clear(state: &mut ChatState, _: &str) -> Result<Flow> {
 
 fn system(state: &mut ChatState, argument: &str) -> Result<Flow> {
     state.conversation.system = (!argument.is_empty()).then(|| argument.to_owned());
-    notice(state, "(system prompt set)");
+    let done = if argument.is_empty() {
+        "(system prompt removed)"
+    } else {
+        "(system prompt set)"
+    };
+    notice(state, done);
     Ok(Flow::Continue)
 }
 
@@ -201,10 +216,12 @@ fn reasoning(state: &mut ChatState, argument: &str) -> Result<Flow> {
 }
 
 fn regen(state: &mut ChatState, _: &str) -> Result<Flow> {
-    if !state.conversation.pop_reply() {
-        bail!("nothing to answer again");
-    }
-    answer(state)?;
+    all_or_nothing(state, |state| {
+        if !state.conversation.pop_reply() {
+            bail!("nothing to answer again");
+        }
+        answer(state)
+    })?;
     Ok(Flow::Continue)
 }
 
@@ -223,6 +240,7 @@ fn load(state: &mut ChatState, argument: &str) -> Result<Flow> {
     state.conversation = Conversation::load(&path)?;
     let count = state.conversation.messages().len();
     notice(state, &format!("(loaded {count} messages from {})", path.display()));
+    settings::restore_seed(state, state.conversation.last_seed());
     Ok(Flow::Continue)
 }
 
@@ -230,22 +248,72 @@ fn tool(state: &mut ChatState, argument: &str) -> Result<Flow> {
     if argument.is_empty() {
         bail!("usage: /tool <result as JSON or text>");
     }
-    state.conversation.push_tool_result(argument);
-    answer(state)?;
+    all_or_nothing(state, |state| {
+        state.conversation.push_tool_result(argument);
+        answer(state)
+    })?;
     Ok(Flow::Continue)
 }
 
 fn image(state: &mut ChatState, argument: &str) -> Result<Flow> {
     let path = path_argument(argument, "/image <file>")?;
-    if !path.is_file() {
-        bail!("{}: no such image file", path.display());
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => bail!("{}: not a regular file", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{}: no such image file", path.display()),
+        Err(e) => bail!("{}: {e}", path.display()),
     }
+    // Told now, not after the next message is typed and sent.
+    load_projector(state).context("this model cannot take images")?;
     notice(
         state,
         &format!("(image {} goes with your next message)", path.display()),
     );
     state.pending_images.push(path);
     Ok(Flow::Continue)
+}
+
+/// `/show`: what the chat runs with.
+fn show(state: &mut ChatState) -> String {
+    let mut lines = vec![
+        format!("{:<15} {}", "model", model_description(state)),
+        format!("{:<15} {} tokens", "context", state.session.n_ctx()),
+    ];
+    lines.extend(settings::lines(state));
+    let thinking = match state.render.extra.get("enable_thinking").and_then(|v| v.as_bool()) {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "the template's default",
+    };
+    let reasoning = if state.show_reasoning { "shown" } else { "hidden" };
+    let system = state
+        .conversation
+        .system
+        .as_ref()
+        .map_or("(none)".to_owned(), |text| format!("{text:?}"));
+    lines.push(format!("{:<15} {thinking}", "thinking"));
+    lines.push(format!("{:<15} {reasoning}", "reasoning"));
+    lines.push(format!("{:<15} {system}", "system prompt"));
+    if let Some(path) = state.projector.as_ref().and(state.projector_path.as_ref()) {
+        lines.push(format!("{:<15} {}", "projector", path.display()));
+    }
+    for image in &state.pending_images {
+        lines.push(format!("{:<15} {} (with the next message)", "image", image.display()));
+    }
+    lines.join("\n")
+}
+
+/// The model's path, architecture and name (as its metadata gives them).
+fn model_description(state: &ChatState) -> String {
+    let about: Vec<String> = ["general.architecture", "general.name"]
+        .iter()
+        .filter_map(|key| state.engine.metadata(key))
+        .collect();
+    let path = state.model_path.display();
+    if about.is_empty() {
+        return path.to_string();
+    }
+    format!("{path} ({})", about.join(", "))
 }
 
 fn path_argument(argument: &str, usage: &str) -> Result<PathBuf> {
@@ -275,12 +343,12 @@ mod tests {
         assert!(help.contains("temp, top-k"), "{help}");
     }
 
-    /// The README's chat section names every command and `/set` parameter.
+    /// The README's chat section names every command (aliases too) and `/set` parameter.
     #[test]
     fn the_readme_lists_every_command_and_setting() {
         let readme = include_str!("../../../README.md");
-        for command in COMMANDS {
-            assert!(readme.contains(&format!("`/{}", command.name)), "/{}", command.name);
+        for name in command_names() {
+            assert!(readme.contains(&format!("`{name}")), "{name}");
         }
         for name in settings::names() {
             assert!(readme.contains(name), "/set {name}");
