@@ -131,3 +131,43 @@ fn line_continuation_and_system_prompt_notices() {
         serde_json::json!({"role": "user", "content": "first \nsecond"})
     );
 }
+
+/// A long prompt shows its progress, and Ctrl-C during its evaluation stops it and
+/// leaves the conversation as it was: the message is not kept.
+#[test]
+fn ctrl_c_during_prompt_evaluation_keeps_the_conversation_as_it_was() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.txt");
+    let loaded = dir.path().join("long.json");
+    let saved = dir.path().join("after.json");
+    let words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "green"];
+    let long: Vec<&str> = (0..12_000).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
+    let conversation = serde_json::json!([
+        {"role": "user", "content": long.join(" ")},
+        {"role": "assistant", "content": "Noted."},
+    ]);
+    std::fs::write(&loaded, conversation.to_string()).expect("write conversation");
+    let mut chat = start(&model, &history, &["-n", "4", "-c", "40960"]);
+    chat.send_line(&format!("/load {}", loaded.display())).expect("send");
+    chat.exp_string(PROMPT).expect("loaded");
+    chat.send_line("And now?").expect("send");
+    chat.exp_regex(r"prompt: [0-9]+/[0-9]+ tokens, [0-9.]+ tok/s")
+        .expect("a progress line");
+    chat.send_control('c').expect("ctrl-c");
+    chat.exp_string("(interrupted before the answer").expect("notice");
+    chat.exp_string(PROMPT).expect("back at the prompt");
+    chat.send_line(&format!("/save {}", saved.display())).expect("send");
+    chat.exp_string("saved").expect("saved");
+    chat.send_control('d').expect("ctrl-d");
+    chat.exp_eof().expect("exit");
+    let contents = |path: &Path| -> Vec<String> {
+        let messages: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("JSON");
+        let messages = messages.as_array().expect("a list").iter();
+        messages
+            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(contents(&saved), contents(&loaded), "the interrupted message was kept");
+}

@@ -479,7 +479,7 @@ pub struct LogitsArgs {
 /// Upper bounds for numeric flags, checked before anything is allocated.
 pub const MAX_CTX: u32 = 1 << 24;
 pub(crate) const MAX_THREADS: i64 = 1024;
-const MAX_TOP_K: i64 = 1 << 24;
+pub(crate) const MAX_TOP_K: i64 = 1 << 24;
 
 /// A number the sampler can use: finite, and within `range`.
 fn bounded_float(text: &str, range: std::ops::RangeInclusive<f32>) -> Result<f32, String> {

@@ -10,7 +10,7 @@ pub mod presets;
 pub mod quantize;
 pub mod reply;
 pub mod run;
-mod sampling;
+pub(crate) mod sampling;
 pub mod tokenize;
 
 use std::io::{IsTerminal, Read};

@@ -125,10 +125,19 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
         min_p: values[3] as f32,
         repeat_penalty: values[4] as f32,
         repeat_last_n: values[5] as i32,
-        seed: args.seed.filter(|s| *s != cli::RANDOM_SEED).unwrap_or_else(fresh_seed),
+        seed: drawn_seed(args.seed.unwrap_or(cli::RANDOM_SEED)),
         ignore_eos: args.ignore_eos,
     };
     (sampling, SamplingSources(sources))
+}
+
+/// The seed to sample with: `seed` itself, or a fresh one for [`cli::RANDOM_SEED`].
+pub fn drawn_seed(seed: u32) -> u32 {
+    if seed == cli::RANDOM_SEED {
+        fresh_seed()
+    } else {
+        seed
+    }
 }
 
 /// A seed from the clock; never [`cli::RANDOM_SEED`], which would read as "random" when

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use editor::{history_file, prompt_user, Prompted};
 use slash_commands::{dispatch, Flow};
 
-use super::reply::{Reply, ReplyPrinter};
+use super::reply::{ReasoningDisplay, Reply, ReplyPrinter};
 use crate::chat::{prompt_opens_thinking, ChatTemplate, Conversation, RenderOptions};
 use crate::cli::{ChatArgs, GenerationArgs};
 use crate::engine::{ChatSession, Engine, GenerationStats, Projector, Sampling};
@@ -31,6 +31,8 @@ struct ChatState<'e> {
     /// Where the seed and max-tokens came from (`/set` and `/show` show it).
     other_sources: settings::OtherSources,
     show_reasoning: bool,
+    /// `--reasoning-format none`: shown reasoning goes in the answer, with its tags.
+    inline_reasoning: bool,
     last: Option<GenerationStats>,
     /// Plain output for scripts: no notices on stdout.
     interactive: bool,
@@ -51,7 +53,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let render = super::render_options(&engine, &args.prompt_format, args.prompt_format.enable_thinking())?;
     let context = super::context_options(&args.model.context, Some(draft));
     let (sampling, sampling_sources) = super::sampling(&args.generation, &engine);
-    let session = ChatSession::new(&engine, &context)?;
+    crate::terminal::detail(format_args!("seed: {}", sampling.seed));
+    let mut session = ChatSession::new(&engine, &context)?;
+    crate::terminal::detail(format_args!("context: {} tokens", session.n_ctx()));
+    session.watch_prompts(crate::progress::PromptProgress::watcher());
     let interactive = std::io::stdin().is_terminal();
     let mut state = ChatState {
         session,
@@ -63,6 +68,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         other_sources: settings::OtherSources::from_flags(&args.generation),
         generation: args.generation.clone(),
         show_reasoning: !args.generation.hide_reasoning,
+        inline_reasoning: args.generation.reasoning_display() == ReasoningDisplay::Inline,
         last: None,
         interactive,
         pending_images: Vec::new(),
@@ -96,7 +102,7 @@ fn scripted(state: &mut ChatState) -> Result<()> {
             // The reader has gone (`| head`): nobody is left to tell, as with `glm run`.
             Err(e) if is_broken_pipe(&e) => return Ok(()),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::one_line(&e));
                 failures += 1;
             }
         }
@@ -215,7 +221,10 @@ fn repl(state: &mut ChatState) -> Result<()> {
             Ok(Flow::Continue) => {}
             Ok(Flow::Leave) => break,
             Err(e) if is_broken_pipe(&e) => return Ok(()),
-            Err(e) => eprintln!("error: {e:#}"),
+            Err(e) if e.chain().any(|cause| cause.is::<crate::engine::Interrupted>()) => {
+                eprintln!("(interrupted before the answer: the message was not sent)");
+            }
+            Err(e) => eprintln!("error: {}", crate::one_line(&e)),
         }
     }
     Ok(())
@@ -336,7 +345,12 @@ fn render_if_fits(state: &ChatState, conversation: &Conversation, limit: usize) 
 /// Renders the conversation, makes room in the context if needed, and streams the reply.
 fn answer(state: &mut ChatState) -> Result<()> {
     let (prompt, tokens) = fit_to_context(state)?;
-    let mut printer = ReplyPrinter::new(prompt_opens_thinking(&prompt), state.show_reasoning);
+    let display = match (state.show_reasoning, state.inline_reasoning) {
+        (false, _) => ReasoningDisplay::Hidden,
+        (true, true) => ReasoningDisplay::Inline,
+        (true, false) => ReasoningDisplay::Apart,
+    };
+    let mut printer = ReplyPrinter::with_display(prompt_opens_thinking(&prompt), display);
     let generated = generate(state, &prompt, &tokens, &mut printer);
     // Also after a failure midway, so the streamed line and the dimmed reasoning end.
     let written = printer.finish().context("writing the answer");

@@ -24,8 +24,7 @@ enum Value {
     Count(Field<usize>),
 }
 
-/// The range of `--top-k` (a test checks that the two agree).
-const MAX_TOP_K: i64 = 1 << 24;
+use crate::cli::MAX_TOP_K;
 
 const SETTINGS: &[Setting] = &[
     Setting {
@@ -77,7 +76,10 @@ impl Value {
             Value::Float(_, field) => field(state).to_string(),
             Value::Integer(_, _, field) => field(state).to_string(),
             Value::Seed(field) => field(state).to_string(),
-            Value::Count(field) => field(state).to_string(),
+            Value::Count(field) => match *field(state) {
+                usize::MAX => "-1 (no limit)".to_owned(),
+                count => count.to_string(),
+            },
         }
     }
 
@@ -86,7 +88,9 @@ impl Value {
         match self {
             Value::Float(parse, field) => *field(state) = parse(text).map_err(|e| anyhow!(e))?,
             Value::Integer(low, high, field) => *field(state) = integer(text, *low..=*high)?,
-            Value::Seed(field) => *field(state) = text.parse().with_context(|| format!("{text:?} is not a seed"))?,
+            Value::Seed(field) => {
+                *field(state) = crate::commands::sampling::drawn_seed(cli::seed(text).map_err(|e| anyhow!(e))?)
+            }
             Value::Count(field) => *field(state) = cli::max_tokens(text).map_err(|e| anyhow!(e))?,
         }
         Ok(())
