@@ -171,3 +171,29 @@ fn ctrl_c_during_prompt_evaluation_keeps_the_conversation_as_it_was() {
     };
     assert_eq!(contents(&saved), contents(&loaded), "the interrupted message was kept");
 }
+
+/// With stdout redirected to a file, the prompts and the editor's escape codes stay on
+/// the terminal and the file gets the answers only.
+#[test]
+fn redirected_answers_hold_no_prompts_or_escape_codes() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let answers = dir.path().join("answers.txt");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"exec "$0" chat "$1" --temp 0 -t 2 --no-think -n 8 > "$2""#)
+        .arg(env!("CARGO_BIN_EXE_glm"))
+        .arg(&model)
+        .arg(&answers)
+        .env("GLM_HISTORY_FILE", dir.path().join("history.txt"));
+    let mut chat = spawn_command(command, Some(30_000)).expect("spawn");
+    chat.exp_string(PROMPT).expect("the prompt, on the terminal");
+    chat.send_line("Hello there").expect("send");
+    chat.exp_string(PROMPT).expect("the next prompt");
+    chat.send_control('d').expect("ctrl-d");
+    chat.exp_eof().expect("exit");
+    let written = std::fs::read_to_string(&answers).expect("answers");
+    assert!(!written.trim().is_empty(), "no answer in the file");
+    assert!(!written.contains('\u{1b}') && !written.contains(PROMPT), "{written:?}");
+}

@@ -26,7 +26,14 @@ pub(super) enum Prompted {
 /// handler while it exists, so it is dropped before the answer streams and Ctrl-C then
 /// reaches our handler and stops the answer.
 pub(super) fn prompt_user(history: Option<&std::path::Path>) -> Result<Prompted> {
-    let mut editor: Editor<ReplHelper, FileHistory> = Editor::new().context("starting the line editor")?;
+    // The editor draws on the terminal itself (/dev/tty), never on stdout: with stdout
+    // redirected (`glm chat model > answers.txt`) the file gets the answers only, no
+    // prompts or escape codes.
+    let config = rustyline::Config::builder()
+        .behavior(rustyline::Behavior::PreferTerm)
+        .build();
+    let mut editor: Editor<ReplHelper, FileHistory> =
+        Editor::with_config(config).context("starting the line editor")?;
     editor.set_helper(Some(ReplHelper {
         files: FilenameCompleter::new(),
     }));
