@@ -132,17 +132,6 @@ fn run_table(rows: &[Row]) {
     }
 }
 
-/// A writable copy of a fixture folder.
-fn fixture_copy(model: &str, into: &Path) -> PathBuf {
-    let dir = into.join(model);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for entry in std::fs::read_dir(model_dir(model)).expect("fixture") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
-    }
-    dir
-}
-
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
     let mut config = read_json(&path);

@@ -92,17 +92,6 @@ fn names(dir: &Path) -> BTreeSet<String> {
     }
 }
 
-/// A writable copy of a fixture folder inside `into`.
-fn fixture_copy(model: &str, into: &Path) -> PathBuf {
-    let dir = into.join(model);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for entry in std::fs::read_dir(model_dir(model)).expect("fixture") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
-    }
-    dir
-}
-
 /// A BF16 GGUF named as `glm convert` names it, for `quantize`.
 fn bf16_model(into: &Path) -> PathBuf {
     let path = into.join("glm-tiny-BF16.gguf");

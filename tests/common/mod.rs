@@ -38,6 +38,17 @@ pub fn model_dir(model: &str) -> PathBuf {
     fixtures().join("models").join(model)
 }
 
+/// A writable copy of a fixture folder inside `into`.
+pub fn fixture_copy(model: &str, into: &Path) -> PathBuf {
+    let dir = into.join(model);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for entry in std::fs::read_dir(model_dir(model)).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+    }
+    dir
+}
+
 pub fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
