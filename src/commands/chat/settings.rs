@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{notice, ChatState};
-use crate::cli::{self, GenerationArgs};
+use crate::cli::{self, GenerationArgs, MAX_TOP_K};
 
 struct Setting {
     name: &'static str,
@@ -23,8 +23,6 @@ enum Value {
     Seed(Field<u32>),
     Count(Field<usize>),
 }
-
-use crate::cli::MAX_TOP_K;
 
 const SETTINGS: &[Setting] = &[
     Setting {
@@ -108,7 +106,8 @@ pub(super) struct OtherSources(Vec<(&'static str, &'static str)>);
 
 impl OtherSources {
     pub(super) fn from_flags(args: &GenerationArgs) -> Self {
-        let seed = if args.seed.is_some() { "set" } else { "random" };
+        let chosen = args.seed.is_some_and(|seed| seed != cli::RANDOM_SEED);
+        let seed = if chosen { "set" } else { "random" };
         let max_tokens = if Some(args.max_tokens) == default_max_tokens() {
             "glm default"
         } else {
@@ -173,7 +172,8 @@ pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
     };
     setting.value.apply(state, value).map_err(|e| anyhow!("{name}: {e}"))?;
     state.sampling_sources.set_by_user(setting.name);
-    state.other_sources.record(setting.name, "set");
+    let drawn = setting.name == "seed" && cli::seed(value) == Ok(cli::RANDOM_SEED);
+    state.other_sources.record(setting.name, if drawn { "random" } else { "set" });
     notice(state, &format!("({} = {value})", setting.name));
     Ok(())
 }

@@ -285,7 +285,11 @@ fn show(state: &mut ChatState) -> String {
         Some(false) => "off",
         None => "the template's default",
     };
-    let reasoning = if state.show_reasoning { "shown" } else { "hidden" };
+    let reasoning = match (state.show_reasoning, state.inline_reasoning) {
+        (false, _) => "hidden",
+        (true, true) => "shown in the answer",
+        (true, false) => "shown",
+    };
     let system = state
         .conversation
         .system
