@@ -197,3 +197,23 @@ fn redirected_answers_hold_no_prompts_or_escape_codes() {
     assert!(!written.trim().is_empty(), "no answer in the file");
     assert!(!written.contains('\u{1b}') && !written.contains(PROMPT), "{written:?}");
 }
+
+/// `glm run MODEL` without a prompt, at a terminal, is a chat (as `ollama run MODEL`).
+#[test]
+fn run_without_a_prompt_at_a_terminal_is_a_chat() {
+    let model = converted("glm4moe-tiny", "q8_0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_glm"));
+    command
+        .arg("run")
+        .arg(&model)
+        .args(["--temp", "0", "-t", "2", "--no-think", "-n", "4"])
+        .env("GLM_HISTORY_FILE", dir.path().join("history.txt"));
+    let mut chat = spawn_command(command, Some(30_000)).expect("spawn glm run in a pty");
+    chat.exp_string(PROMPT).expect("a chat prompt");
+    chat.send_line("/show").expect("send");
+    chat.exp_string("max-tokens").expect("the chat's settings");
+    chat.exp_string("4 (set)").expect("the run flags carried over");
+    chat.send_line("/bye").expect("send");
+    chat.exp_eof().expect("exit");
+}

@@ -90,7 +90,7 @@ fn only_the_model(model: &mut ModelArgs) -> Result<(), String> {
 enum Command {
     /// Convert a Hugging Face GLM checkpoint folder into a GGUF file.
     Convert(ConvertArgs),
-    /// Generate an answer to one prompt.
+    /// Generate an answer to one prompt (without one, at a terminal: chat, as `ollama run`).
     Run(RunArgs),
     /// Chat interactively (or answer one line per turn when stdin is not a terminal).
     Chat(ChatArgs),
@@ -589,7 +589,7 @@ pub fn run() -> anyhow::Result<()> {
     crate::terminal::set_verbose(cli.verbose);
     match cli.command {
         Command::Convert(args) => commands::convert::run(&args),
-        Command::Run(args) => commands::run::run(&args),
+        Command::Run(args) => commands::run::run(args),
         Command::Chat(args) => commands::chat::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Tokenize(args) => commands::tokenize::run(&args),

@@ -102,7 +102,7 @@ pub fn prompt_input_text(input: &PromptInput) -> Result<String> {
         Some(PromptSource::File(path)) => Ok(glm_convert::files::read_text_limited(path, MAX_STDIN_PROMPT_BYTES)?),
         Some(PromptSource::Words(words)) => Ok(words.join(" ")),
         None if !std::io::stdin().is_terminal() => text_argument("-"),
-        None => anyhow::bail!("no prompt: give -p TEXT, -f FILE or the text after the model (`glm chat` to talk)"),
+        None => anyhow::bail!("no prompt: give -p TEXT, -f FILE or the text after the model"),
     }
 }
 

@@ -1,15 +1,27 @@
+use std::io::IsTerminal;
+
 use anyhow::Result;
 
 use super::reply::ReplyPrinter;
 use crate::chat::prompt_opens_thinking;
-use crate::cli::RunArgs;
+use crate::cli::{ChatArgs, RunArgs};
 use crate::engine::{ChatSession, GenerationStats, StopReason};
 use crate::progress::PromptProgress;
 
 /// The shell's status for a program stopped by Ctrl-C (128 + SIGINT).
 const INTERRUPTED_STATUS: i32 = 130;
 
-pub fn run(args: &RunArgs) -> Result<()> {
+pub fn run(args: RunArgs) -> Result<()> {
+    let no_prompt = args.input.source().is_none() && args.images.is_empty();
+    if no_prompt && std::io::stdin().is_terminal() {
+        // As `ollama run MODEL`: no prompt, and a person at the terminal, is a chat.
+        return super::chat::run(&ChatArgs {
+            prompt_format: args.prompt_format,
+            mmproj: args.mmproj,
+            model: args.model,
+            generation: args.generation,
+        });
+    }
     let user_text = super::prompt_input_text(&args.input)?;
     let draft = &args.generation.draft;
     let (engine, model_path) = super::load_engine_and_path(&args.model, Some(draft))?;

@@ -173,7 +173,9 @@ pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
     setting.value.apply(state, value).map_err(|e| anyhow!("{name}: {e}"))?;
     state.sampling_sources.set_by_user(setting.name);
     let drawn = setting.name == "seed" && cli::seed(value) == Ok(cli::RANDOM_SEED);
-    state.other_sources.record(setting.name, if drawn { "random" } else { "set" });
+    state
+        .other_sources
+        .record(setting.name, if drawn { "random" } else { "set" });
     notice(state, &format!("({} = {value})", setting.name));
     Ok(())
 }
