@@ -13,6 +13,7 @@ pub mod chat;
 mod cli;
 mod commands;
 pub mod engine;
+pub mod hub;
 mod model_source;
 mod progress;
 mod signals;
