@@ -15,6 +15,7 @@ mod commands;
 pub mod engine;
 pub mod hub;
 mod model_source;
+mod models;
 mod progress;
 mod signals;
 mod terminal;

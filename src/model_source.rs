@@ -24,7 +24,7 @@ pub fn resolve(model: &Path, quant: Option<&str>) -> Result<PathBuf> {
         return cached_conversion(model, quant.unwrap_or(DEFAULT_PRESET));
     }
     if !model.exists() {
-        bail!("{}: no such file or folder", model.display());
+        return resolve_name(model, quant);
     }
     check_gguf_magic(model)?;
     if let Some(quant) = quant {
@@ -34,6 +34,18 @@ pub fn resolve(model: &Path, quant: Option<&str>) -> Result<PathBuf> {
         );
     }
     Ok(model.to_path_buf())
+}
+
+/// A reference that is not an existing path: a model name, pulled into the store when
+/// needed (`crate::models`).
+fn resolve_name(model: &Path, quant: Option<&str>) -> Result<PathBuf> {
+    let text = model.to_string_lossy();
+    match crate::models::Reference::parse(&text).map_err(anyhow::Error::msg)? {
+        crate::models::Reference::Path(_) => bail!("{}: no such file or folder", model.display()),
+        crate::models::Reference::Name { name, preset, revision } => {
+            crate::models::resolve(&name, preset.as_deref(), revision.as_deref(), quant)
+        }
+    }
 }
 
 /// Refuses a folder where a GGUF file is needed, saying what to do with a checkpoint.
@@ -153,7 +165,7 @@ fn cached_conversion(dir: &Path, quant: &str) -> Result<PathBuf> {
     eprintln!("converting {} to {} (once)", dir.display(), file.display());
     let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
     let mut files = vec![file.clone()];
-    files.extend(convert_into_cache(&source, &file, &projector, preset)?);
+    files.extend(convert_into_cache(&source, &file, &projector, preset)?.1);
     let record = SourceRecord {
         source: source.to_string_lossy().into_owned(),
         preset: preset_id,
@@ -172,7 +184,12 @@ fn cached_conversion(dir: &Path, quant: &str) -> Result<PathBuf> {
 
 /// Converts the model and, for a vision checkpoint, its projector (returned). The
 /// projector is named so that `projector_for` finds it beside the model.
-fn convert_into_cache(source: &Path, file: &Path, projector: &Path, preset: Preset) -> Result<Option<PathBuf>> {
+pub(crate) fn convert_into_cache(
+    source: &Path,
+    file: &Path,
+    projector: &Path,
+    preset: Preset,
+) -> Result<(glm_convert::ConvertSummary, Option<PathBuf>)> {
     let options = ConvertOptions {
         preset,
         quantizer: Some(&GgmlQuantizer),
@@ -182,7 +199,7 @@ fn convert_into_cache(source: &Path, file: &Path, projector: &Path, preset: Pres
     };
     glm_convert::files::check_output(file, &[source], true)?;
     glm_convert::files::check_output(projector, &[source], true)?;
-    glm_convert::convert(source, file, &options, &ConvertProgress::new())?;
+    let summary = glm_convert::convert(source, file, &options, &ConvertProgress::new())?;
     let written = glm_convert::mmproj::convert_mmproj(
         source,
         projector,
@@ -190,7 +207,7 @@ fn convert_into_cache(source: &Path, file: &Path, projector: &Path, preset: Pres
         &options,
         &ConvertProgress::new(),
     )?;
-    Ok(written.map(|_| projector.to_path_buf()))
+    Ok((summary, written.map(|_| projector.to_path_buf())))
 }
 
 /// What identifies a preset in the cache key: a built-in's name, or a YAML file's
@@ -230,26 +247,11 @@ fn read_record(sidecar: &Path) -> Option<SourceRecord> {
 /// glm version: the fingerprint includes the version). Entries of other folders, and of
 /// this folder with other presets, stay.
 fn remove_stale_entries(cache_dir: &Path, current: &SourceRecord) {
-    let Ok(listing) = std::fs::read_dir(cache_dir) else {
-        return;
-    };
-    for entry in listing.flatten() {
-        let sidecar = entry.path();
-        if !sidecar.to_string_lossy().ends_with(".source.json") {
-            continue;
-        }
-        let Some(record) = read_record(&sidecar) else {
-            continue;
-        };
+    for (sidecar, record) in sidecars(cache_dir) {
         if record.source != current.source || record.checkpoint == current.checkpoint {
             continue;
         }
-        // Only plain names: a sidecar may not send the removal outside the cache.
-        let names = record
-            .files
-            .iter()
-            .filter(|n| Path::new(n).file_name() == Some(n.as_ref()));
-        for path in names.map(|n| cache_dir.join(n)).chain([sidecar]) {
+        for path in entry_files(cache_dir, &record).into_iter().chain([sidecar]) {
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     eprintln!(
@@ -260,6 +262,52 @@ fn remove_stale_entries(cache_dir: &Path, current: &SourceRecord) {
             }
         }
     }
+}
+
+/// `glm models prune`: removes the cache entries whose checkpoint folder is gone or has
+/// changed since (the next run would convert it again anyway), and returns each file
+/// removed with its size.
+pub fn prune_cache() -> Result<Vec<(PathBuf, u64)>> {
+    let cache_dir = cache_dir()?;
+    let mut removed = Vec::new();
+    for (sidecar, record) in sidecars(&cache_dir) {
+        let source = Path::new(&record.source);
+        let current = source.is_dir().then(|| checkpoint_fingerprint(source).ok()).flatten();
+        if current.as_deref() == Some(record.checkpoint.as_str()) {
+            continue;
+        }
+        for path in entry_files(&cache_dir, &record).into_iter().chain([sidecar]) {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push((path, bytes));
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Every readable sidecar in the cache, with its record.
+fn sidecars(cache_dir: &Path) -> Vec<(PathBuf, SourceRecord)> {
+    let Ok(listing) = std::fs::read_dir(cache_dir) else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".source.json"))
+        .filter_map(|p| read_record(&p).map(|record| (p, record)))
+        .collect()
+}
+
+/// An entry's files, by the plain names its sidecar lists (a sidecar may not send a
+/// removal outside the cache).
+fn entry_files(cache_dir: &Path, record: &SourceRecord) -> Vec<PathBuf> {
+    record
+        .files
+        .iter()
+        .filter(|n| Path::new(n).file_name() == Some(n.as_ref()))
+        .map(|n| cache_dir.join(n))
+        .collect()
 }
 
 /// Changes whenever a file of the checkpoint is replaced, resized or touched. A

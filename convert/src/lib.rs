@@ -50,6 +50,20 @@ pub fn model_base_name(input: &Path) -> String {
         .unwrap_or_else(|| "model".to_owned())
 }
 
+/// A byte count for people: `512 B`, `3.5 KiB`, `1.25 MiB`, `2.00 GiB`.
+pub fn byte_label(bytes: u64) -> String {
+    let n = bytes as f64;
+    if n >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", n / (1024.0 * 1024.0 * 1024.0))
+    } else if n >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", n / (1024.0 * 1024.0))
+    } else if n >= 1024.0 {
+        format!("{:.1} KiB", n / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
 /// Parameter count in the short form used in model names: `9.4B`, `355B`, `695K`.
 pub fn size_label(parameters: u64) -> String {
     let units = [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")];

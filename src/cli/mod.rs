@@ -108,6 +108,62 @@ enum Command {
     Bench(BenchArgs),
     /// List the devices llama.cpp can use, with their free and total memory.
     Devices,
+    /// Show how a model reference resolves: path, store, catalogue, Hugging Face cache,
+    /// download.
+    Which(WhichArgs),
+    /// Download a model by name (and convert it once when the repository has no GGUF).
+    Pull(PullArgs),
+    /// The models in glm's store: list them, or show, remove or prune them.
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WhichArgs {
+    /// A path, a store or catalogue name, or ORG/NAME[:PRESET][@REVISION].
+    #[arg(value_name = "MODEL")]
+    pub reference: String,
+    /// The preset when the reference names none.
+    #[arg(long, value_name = "PRESET")]
+    pub quant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// A catalogue name (`glm-4.7-flash`) or ORG/NAME[:PRESET][@REVISION].
+    #[arg(value_name = "MODEL")]
+    pub reference: String,
+    /// The preset when the reference names none [default: q4_k_m].
+    #[arg(long, value_name = "PRESET")]
+    pub quant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub action: Option<ModelsAction>,
+    /// Print only the names (store, then catalogue), one per line, for shell completion.
+    #[arg(long)]
+    pub names: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// A stored model's origin, files and metadata summary.
+    Show {
+        #[arg(value_name = "MODEL")]
+        reference: String,
+    },
+    /// Remove a stored model (every preset of it unless NAME:PRESET), saying the bytes freed.
+    Rm {
+        #[arg(value_name = "MODEL")]
+        reference: String,
+        /// Also remove its files from the Hugging Face cache (shared with other tools).
+        #[arg(long = "hf-cache")]
+        hf_cache: bool,
+    },
+    /// Remove conversions whose source or glm version changed, and entries whose files
+    /// are gone.
+    Prune,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +225,8 @@ pub struct ModelArgs {
     /// The model, set by [`Cli::normalize`] from the positional argument or `-m`.
     #[arg(skip)]
     pub model: PathBuf,
-    /// A GGUF file, or a Hugging Face checkpoint folder (converted once to a cache).
+    /// A GGUF file, a Hugging Face checkpoint folder (converted once to a cache), or a
+    /// model name: `glm-4.7-flash`, ORG/NAME[:PRESET][@REVISION] (`glm which` explains).
     #[arg(index = 1, value_name = "MODEL", required_unless_present = "model_flag")]
     model_positional: Option<PathBuf>,
     /// The model, as llama.cpp's tools take it (instead of the first argument).
@@ -598,6 +655,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Devices => commands::devices::run(),
+        Command::Which(args) => commands::models::which(&args),
+        Command::Pull(args) => commands::models::pull(&args),
+        Command::Models(args) => commands::models::run(&args),
     }
 }
 

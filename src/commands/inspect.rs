@@ -46,19 +46,23 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             t.name,
             type_name,
             format!("[{}]", shape.join(", ")),
-            human_bytes(t.n_bytes())
+            glm_convert::byte_label(t.n_bytes())
         )?;
     }
     writeln!(out, "\n{} parameters", total_elements)?;
     for (name, (count, bytes)) in per_type {
-        writeln!(out, "  {name:<6} {count:>5} tensors {:>12}", human_bytes(bytes))?;
+        writeln!(
+            out,
+            "  {name:<6} {count:>5} tensors {:>12}",
+            glm_convert::byte_label(bytes)
+        )?;
     }
     print!("{out}");
     Ok(())
 }
 
 /// The facts people look for first: architecture, depth, NextN layers, experts.
-fn write_summary(out: &mut String, header: &GgufHeader) -> std::fmt::Result {
+pub(crate) fn write_summary(out: &mut String, header: &GgufHeader) -> std::fmt::Result {
     let Some(arch) = header.architecture() else {
         return Ok(());
     };
@@ -158,18 +162,5 @@ fn quoted(s: &str) -> String {
         format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(80)], s.len())
     } else {
         format!("{s:?}")
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.2} GiB", n / (1024.0 * 1024.0 * 1024.0))
-    } else if n >= 1024.0 * 1024.0 {
-        format!("{:.2} MiB", n / (1024.0 * 1024.0))
-    } else if n >= 1024.0 {
-        format!("{:.1} KiB", n / 1024.0)
-    } else {
-        format!("{n} B")
     }
 }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod devices;
 pub mod inspect;
 pub mod logits;
+pub mod models;
 pub mod presets;
 pub mod quantize;
 pub mod reply;
