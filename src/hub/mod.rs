@@ -38,8 +38,14 @@ pub enum HubError {
     Denied { repo: String, status: u16 },
     #[error("{repo}: not in the local Hugging Face cache ({cache}), and HF_HUB_OFFLINE is set")]
     Offline { repo: String, cache: PathBuf },
-    #[error("{file}: the download does not match the Hub's sha256 (expected {expected}, got {actual}); it was removed")]
-    HashMismatch { file: String, expected: String, actual: String },
+    #[error(
+        "{file}: the download does not match the Hub's sha256 (expected {expected}, got {actual}); it was removed"
+    )]
+    HashMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{dir}: {needed} bytes are needed and {available} are free")]
     NoSpace { dir: PathBuf, needed: u64, available: u64 },
     #[error("{url}: {reason}")]

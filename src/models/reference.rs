@@ -115,20 +115,15 @@ mod tests {
         for bad in [
             "a b",
             "org/",
-            "/",
             "x:",
             "x@y",
             "org/name@",
             "org/name:q4 k",
             "org/na*me",
-            "a/..x",
+            "org/.hidden",
         ] {
-            assert!(
-                Reference::parse(bad).is_err() || matches!(Reference::parse(bad), Ok(Reference::Path(_))),
-                "{bad}"
-            );
+            assert!(Reference::parse(bad).is_err(), "{bad}");
         }
         assert!(Reference::parse("glm@main").unwrap_err().contains("ORG/NAME"));
-        assert!(Reference::parse("org/na*me").is_err());
     }
 }
