@@ -103,22 +103,15 @@ fn model_bytes(entry: &Entry) -> u64 {
 
 /// The other parts of a split GGUF set (`-00001-of-00003.gguf` → parts 2 and 3).
 fn split_parts(first: &Path) -> Vec<std::path::PathBuf> {
-    let name = first
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let Some(stem) = name.strip_suffix(".gguf") else {
-        return Vec::new();
-    };
-    let Some((head, count)) = stem.rsplit_once("-of-") else {
-        return Vec::new();
-    };
-    let (Some(prefix), Ok(total)) = (head.strip_suffix("00001"), count.parse::<u32>()) else {
-        return Vec::new();
-    };
-    (2..=total.min(9999))
-        .map(|i| first.with_file_name(format!("{prefix}{i:05}-of-{count}.gguf")))
-        .collect()
+    let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let count = name
+        .strip_suffix(".gguf")
+        .and_then(|stem| stem.rsplit_once("-of-"))
+        .and_then(|(_, count)| count.parse::<u64>().ok());
+    match count.map(|count| glm_convert::gguf::split_part_paths(first, count)) {
+        Some(Ok(parts)) => parts.into_iter().skip(1).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn ago(when: u64) -> String {

@@ -84,7 +84,7 @@ impl Engine {
     /// malformed or inconsistent file is refused with its reason before llama.cpp, which
     /// trusts what it reads, ever parses it.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let header = glm_convert::gguf::read_file(path)?.header;
+        let header = glm_convert::gguf::read_model_header(path)?;
         check_model(&header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
         let backend = backend()?;
         let params = placement::model_params(path, &header, options)?;

@@ -73,7 +73,7 @@ impl<T> Drop for Owned<T> {
 
 /// Plans `path` with `load` and `context` without allocating weights or cache.
 pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result<MemoryPlan> {
-    let header = glm_convert::gguf::read_file(path)?.header;
+    let header = glm_convert::gguf::read_model_header(path)?;
     glm_convert::gguf::check::check_model(&header).map_err(|message| anyhow!("{}: {message}", path.display()))?;
     backend()?;
     let overrides = placement::checked_overrides(&load.placement, &header)?;

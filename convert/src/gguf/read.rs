@@ -79,6 +79,69 @@ pub fn read_file(path: &Path) -> Result<GgufFile> {
     Ok(GgufFile { header, map })
 }
 
+/// llama.cpp's limit on the parts of a split model (`LLAMA_MAX_SPLITS`... its `split.count`
+/// is a u16; more than this many files is no real model).
+const MAX_SPLITS: u64 = 4096;
+
+/// The header of a model that may be split across files the way llama.cpp writes them
+/// (`<prefix>-00001-of-0000N.gguf`, with `split.no`, `split.count` and
+/// `split.tensors.count`): the first file's metadata with the tensors of every part, each
+/// part checked to belong to the set. The tensor offsets of later parts point into their
+/// own files; the merged header is for checking, not for reading data.
+pub fn read_model_header(path: &Path) -> Result<GgufHeader> {
+    let mut merged = read_file(path)?.header;
+    let count = split_key(&merged, "split.count").unwrap_or(1);
+    if count <= 1 {
+        return Ok(merged);
+    }
+    let invalid = |message: String| ConvertError::Gguf {
+        path: path.to_path_buf(),
+        message,
+    };
+    if count > MAX_SPLITS || split_key(&merged, "split.no") != Some(0) {
+        return Err(invalid(format!("split.count = {count} with split.no ≠ 0: not the first part of a split model")));
+    }
+    for (index, part) in split_part_paths(path, count).map_err(invalid)?.iter().enumerate().skip(1) {
+        let header = read_file(part)?.header;
+        let belongs = split_key(&header, "split.no") == Some(index as u64)
+            && split_key(&header, "split.count") == Some(count);
+        if !belongs {
+            return Err(ConvertError::Gguf {
+                path: part.clone(),
+                message: format!("not part {} of {count} of {}", index + 1, path.display()),
+            });
+        }
+        merged.tensors.extend(header.tensors);
+    }
+    let declared = split_key(&merged, "split.tensors.count");
+    if declared != Some(merged.tensors.len() as u64) {
+        return Err(invalid(format!(
+            "split.tensors.count = {declared:?}, but the {count} parts hold {} tensors",
+            merged.tensors.len()
+        )));
+    }
+    Ok(merged)
+}
+
+fn split_key(header: &GgufHeader, key: &str) -> Option<u64> {
+    header
+        .get(key)
+        .and_then(MetaValue::as_integer)
+        .and_then(|v| u64::try_from(v).ok())
+}
+
+/// Every part's path from the first one's, as llama.cpp names them.
+pub fn split_part_paths(first: &Path, count: u64) -> std::result::Result<Vec<std::path::PathBuf>, String> {
+    let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let suffix = format!("-00001-of-{count:05}.gguf");
+    let prefix = name
+        .strip_suffix(&suffix)
+        .ok_or_else(|| format!("a split model's first part must be named <prefix>{suffix}"))?;
+    Ok((1..=count)
+        .map(|i| first.with_file_name(format!("{prefix}-{i:05}-of-{count:05}.gguf")))
+        .collect())
+}
+
 /// Reads all of `r` and parses it as a GGUF file (for files already in memory).
 pub fn read_header<R: std::io::Read>(r: &mut R) -> std::io::Result<GgufHeader> {
     let mut bytes = Vec::new();
