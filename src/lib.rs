@@ -12,6 +12,7 @@
 pub mod chat;
 mod cli;
 mod commands;
+mod config;
 pub mod engine;
 pub mod hub;
 mod model_source;

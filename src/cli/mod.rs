@@ -61,6 +61,15 @@ impl Command {
             _ => None,
         }
     }
+
+    /// Records which generation settings the config file gave (`/set` shows it).
+    fn note_config(&mut self, ids: Vec<&'static str>) {
+        match self {
+            Command::Run(args) => args.generation.from_config = ids,
+            Command::Chat(args) => args.generation.from_config = ids,
+            _ => {}
+        }
+    }
 }
 
 fn settle_model_and_prompt(model: &mut ModelArgs, input: &mut PromptInput) -> Result<(), String> {
@@ -115,6 +124,30 @@ enum Command {
     Pull(PullArgs),
     /// The models in glm's store: list them, or show, remove or prune them.
     Models(ModelsArgs),
+    /// Show or edit the config file (defaults for run, chat, logits and bench).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(CompletionsArgs),
+}
+
+/// `glm config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print where the config file is (GLM_CONFIG, else the user's config folder).
+    Path,
+    /// Print the config file, after checking it.
+    Show,
+    /// Open the config file in $VISUAL or $EDITOR (else vi), creating it from a template;
+    /// check it afterwards.
+    Edit,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -290,11 +323,12 @@ pub struct PromptArgs {
 
 impl PromptArgs {
     pub fn enable_thinking(&self) -> Option<bool> {
-        if self.no_think {
+        // `--think` conflicts with both switches, so a `think` set before them can only be
+        // the config file's, which a flag beats.
+        if self.no_think || self.reasoning_budget == Some(ReasoningBudget::Off) {
             return Some(false);
         }
         self.think
-            .or_else(|| (self.reasoning_budget == Some(ReasoningBudget::Off)).then_some(false))
     }
 }
 
@@ -421,6 +455,9 @@ pub struct GenerationArgs {
     pub ignore_eos: bool,
     #[command(flatten)]
     pub draft: DraftArgs,
+    /// The ids of the settings whose value came from the config file.
+    #[arg(skip)]
+    pub from_config: Vec<&'static str>,
 }
 
 /// `--reasoning-format`, as llama.cpp names its choices.
@@ -595,27 +632,84 @@ fn reasoning_budget(text: &str) -> Result<ReasoningBudget, String> {
 }
 
 /// Parses the command line. A usage error is one line, like every other error (clap's
-/// own report adds a usage block and a hint); help and version print as usual.
+/// own report adds a usage block and a hint); help and version print as usual. The
+/// config file's values are clap default values of a second parse, so a flag beats them
+/// and they pass the flag's checks.
 fn parse() -> Cli {
-    let matches = command().try_get_matches_from(runtime::expand_llama_flags(std::env::args_os()));
-    let parsed = matches.and_then(|m| Cli::from_arg_matches(&m));
-    let mut cli = match parsed {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            e.exit()
-        }
-        Err(e) => usage_error(&first_paragraph(&e.render().to_string())),
+    let args = runtime::expand_llama_flags(std::env::args_os());
+    let first = matches_or_exit(command(), &args);
+    let (matches, from_config) = match with_config(&first) {
+        Ok(Some((configured, ids))) => (matches_or_exit(configured, &args), ids),
+        Ok(None) => (first, Vec::new()),
+        Err(message) => usage_error(&format!("error: {message}")),
     };
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_for(&e));
+    cli.command.note_config(configured_ids(&matches, &from_config));
     if let Err(message) = cli.normalize() {
         usage_error(&format!("error: {message}"));
     }
     cli
 }
 
+fn matches_or_exit(command: clap::Command, args: &[std::ffi::OsString]) -> clap::ArgMatches {
+    command.try_get_matches_from(args).unwrap_or_else(|e| exit_for(&e))
+}
+
+fn exit_for(e: &clap::Error) -> ! {
+    if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        e.exit()
+    }
+    usage_error(&first_paragraph(&e.render().to_string()))
+}
+
+/// For a command that runs a model: the CLI with the config file's values for this model
+/// as defaults, and the ids of the arguments they went to. `None` without a file.
+fn with_config(first: &clap::ArgMatches) -> Result<Option<(clap::Command, Vec<&'static str>)>, String> {
+    let Some((name, sub)) = first.subcommand() else {
+        return Ok(None);
+    };
+    if !crate::config::CONFIGURED_COMMANDS.contains(&name) {
+        return Ok(None);
+    }
+    let mut cli = command();
+    let Some(config) = crate::config::Config::load(&cli)? else {
+        return Ok(None);
+    };
+    let model = ["model_flag", "model_positional"]
+        .into_iter()
+        .find_map(|id| sub.get_one::<PathBuf>(id))
+        .map(|path| path.to_string_lossy().into_owned());
+    let defaults = config.defaults_for(model.as_deref());
+    let flags = cli.find_subcommand(name).ok_or("no such command")?;
+    let applied: Vec<(&'static str, String)> = defaults
+        .into_iter()
+        .filter(|(id, _)| flags.get_arguments().any(|a| a.get_id() == *id))
+        .map(|(id, value)| (id, value.to_owned()))
+        .collect();
+    for (id, value) in &applied {
+        let value = value.clone();
+        cli = cli.mut_subcommand(name, |sub| sub.mut_arg(*id, |arg| arg.default_value(value)));
+    }
+    Ok(Some((cli, applied.into_iter().map(|(id, _)| id).collect())))
+}
+
+/// Of the arguments given a default from the config file, those the command line left
+/// alone: their values are the file's.
+fn configured_ids(matches: &clap::ArgMatches, applied: &[&'static str]) -> Vec<&'static str> {
+    let Some((_, sub)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    applied
+        .iter()
+        .copied()
+        .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::DefaultValue))
+        .collect()
+}
+
 /// The command-line definition, with every option that takes a value also taking a
 /// negative number: `-n -1` and `--seed -1` are values, never "unexpected argument
 /// '-1'" with clap's hint to write `-- -1`.
-fn command() -> clap::Command {
+pub(crate) fn command() -> clap::Command {
     let negatives = |arg: clap::Arg| {
         if arg.get_action().takes_values() {
             arg.allow_negative_numbers(true)
@@ -658,6 +752,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Which(args) => commands::models::which(&args),
         Command::Pull(args) => commands::models::pull(&args),
         Command::Models(args) => commands::models::run(&args),
+        Command::Config(command) => commands::config::run(&command),
+        Command::Completions(args) => commands::completions::run(args.shell),
     }
 }
 

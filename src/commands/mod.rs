@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod chat;
+pub mod completions;
+pub mod config;
 pub mod convert;
 pub mod devices;
 pub mod inspect;

@@ -1,4 +1,5 @@
-//! Sampling settings from three places, in order: the user's flags, the defaults the
+//! Sampling settings from four places, in order: the user's flags, the config file (whose
+//! values arrive as flags, marked in `GenerationArgs::from_config`), the defaults the
 //! model's authors ship (`general.sampling.*`, written by `glm convert` from
 //! `generation_config.json`), and glm's own defaults. Each value remembers where it came
 //! from, for `/set` and the run's summary.
@@ -10,14 +11,16 @@ use crate::engine::{Engine, Sampling};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Flag,
+    Config,
     Model,
     Builtin,
 }
 
 impl Source {
-    pub fn describe(self) -> &'static str {
+    pub const fn describe(self) -> &'static str {
         match self {
             Source::Flag => "set",
+            Source::Config => "config file",
             Source::Model => "model default",
             Source::Builtin => "glm default",
         }
@@ -29,6 +32,8 @@ impl Source {
 /// glm's default.
 struct SamplingDefault {
     name: &'static str,
+    /// The flag's clap id, as `GenerationArgs::from_config` lists it.
+    arg: &'static str,
     key: &'static str,
     check: fn(&str) -> Option<f64>,
     builtin: f64,
@@ -38,12 +43,14 @@ struct SamplingDefault {
 const DEFAULTS: [SamplingDefault; 6] = [
     SamplingDefault {
         name: "temp",
+        arg: "temp",
         key: "general.sampling.temp",
         check: |text| cli::temperature(text).ok().map(f64::from),
         builtin: 0.8,
     },
     SamplingDefault {
         name: "top-k",
+        arg: "top_k",
         key: "general.sampling.top_k",
         check: |text| {
             text.parse::<i32>()
@@ -55,24 +62,28 @@ const DEFAULTS: [SamplingDefault; 6] = [
     },
     SamplingDefault {
         name: "top-p",
+        arg: "top_p",
         key: "general.sampling.top_p",
         check: |text| cli::probability(text).ok().map(f64::from),
         builtin: 0.95,
     },
     SamplingDefault {
         name: "min-p",
+        arg: "min_p",
         key: "general.sampling.min_p",
         check: |text| cli::probability(text).ok().map(f64::from),
         builtin: 0.05,
     },
     SamplingDefault {
         name: "repeat-penalty",
+        arg: "repeat_penalty",
         key: "general.sampling.penalty_repeat",
         check: |text| cli::penalty(text).ok().map(f64::from),
         builtin: 1.0,
     },
     SamplingDefault {
         name: "repeat-last-n",
+        arg: "repeat_last_n",
         key: "general.sampling.penalty_last_n",
         check: |text| text.parse::<i32>().ok().filter(|n| *n >= -1).map(f64::from),
         builtin: 64.0,
@@ -96,7 +107,8 @@ impl SamplingSources {
     }
 }
 
-/// The sampling for a run: flags first, then the model's defaults, then glm's.
+/// The sampling for a run: flags (and the config file) first, then the model's defaults,
+/// then glm's.
 pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSources) {
     let flags = [
         args.temp.map(f64::from),
@@ -111,6 +123,7 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
     for (i, (flag, default)) in flags.iter().zip(&DEFAULTS).enumerate() {
         let in_file = engine.metadata(default.key).and_then(|text| (default.check)(&text));
         let (value, source) = match (flag, in_file) {
+            (Some(v), _) if args.from_config.contains(&default.arg) => (*v, Source::Config),
             (Some(v), _) => (*v, Source::Flag),
             (None, Some(v)) => (v, Source::Model),
             (None, None) => (default.builtin, Source::Builtin),

@@ -100,6 +100,8 @@ pub(super) fn names() -> Vec<&'static str> {
     SETTINGS.iter().map(|s| s.name).collect()
 }
 
+const CONFIG: &str = crate::commands::sampling::Source::Config.describe();
+
 /// Where the settings without a model default (seed, max-tokens) came from; the
 /// sampling values keep theirs in [`super::super::SamplingSources`].
 pub(super) struct OtherSources(Vec<(&'static str, &'static str)>);
@@ -107,8 +109,14 @@ pub(super) struct OtherSources(Vec<(&'static str, &'static str)>);
 impl OtherSources {
     pub(super) fn from_flags(args: &GenerationArgs) -> Self {
         let chosen = args.seed.is_some_and(|seed| seed != cli::RANDOM_SEED);
-        let seed = if chosen { "set" } else { "random" };
-        let max_tokens = if Some(args.max_tokens) == default_max_tokens() {
+        let seed = match (chosen, args.from_config.contains(&"seed")) {
+            (false, _) => "random",
+            (true, true) => CONFIG,
+            (true, false) => "set",
+        };
+        let max_tokens = if args.from_config.contains(&"max_tokens") {
+            CONFIG
+        } else if Some(args.max_tokens) == default_max_tokens() {
             "glm default"
         } else {
             "set"
@@ -182,7 +190,8 @@ pub(super) fn set(state: &mut ChatState, argument: &str) -> Result<()> {
 
 /// After `/load`: the seed of the saved replies, unless the user chose one.
 pub(super) fn restore_seed(state: &mut ChatState, seed: Option<u32>) {
-    let Some(seed) = seed.filter(|_| state.other_sources.of("seed") != Some("set")) else {
+    let chosen = matches!(state.other_sources.of("seed"), Some("set" | CONFIG));
+    let Some(seed) = seed.filter(|_| !chosen) else {
         return;
     };
     state.sampling.seed = seed;
@@ -250,6 +259,22 @@ mod tests {
         assert_eq!(
             (sources.of("max-tokens"), sources.of("seed")),
             (Some("set"), Some("set"))
+        );
+    }
+
+    #[test]
+    fn seed_and_max_tokens_from_the_config_file_say_so() {
+        use clap::FromArgMatches;
+        let flags = <GenerationArgs as clap::Args>::augment_args(clap::Command::new("glm"));
+        let matches = flags
+            .try_get_matches_from(["glm", "-n", "7", "--seed", "3"])
+            .expect("flags");
+        let mut args = GenerationArgs::from_arg_matches(&matches).expect("args");
+        args.from_config = vec!["seed"];
+        let sources = OtherSources::from_flags(&args);
+        assert_eq!(
+            (sources.of("max-tokens"), sources.of("seed")),
+            (Some("set"), Some("config file"))
         );
     }
 }
