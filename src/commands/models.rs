@@ -103,7 +103,10 @@ fn model_bytes(entry: &Entry) -> u64 {
 
 /// The other parts of a split GGUF set (`-00001-of-00003.gguf` → parts 2 and 3).
 fn split_parts(first: &Path) -> Vec<std::path::PathBuf> {
-    let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = first
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let count = name
         .strip_suffix(".gguf")
         .and_then(|stem| stem.rsplit_once("-of-"))

@@ -151,3 +151,37 @@ pub fn kl_divergence(reference: &[f32], candidate: &[f32]) -> f64 {
     let q = log_softmax(candidate);
     p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum()
 }
+
+/// Splits a GGUF the way llama.cpp's `gguf-split` does: `<stem>-0000i-of-0000n.gguf` in
+/// `dir`, the tensors in `parts` runs, each part a whole GGUF with `split.no`,
+/// `split.count` and `split.tensors.count`, the metadata in the first. Returns the parts.
+pub fn split_gguf(src: &Path, dir: &Path, stem: &str, parts: usize) -> Vec<PathBuf> {
+    use glm_convert::gguf::{write_header, MetaValue, Metadata, TensorHeader};
+    let file = glm_convert::gguf::read_file(src).expect("read gguf");
+    let tensors = &file.header.tensors;
+    let per_part = tensors.len().div_ceil(parts);
+    let mut paths = Vec::new();
+    for (index, chunk) in tensors.chunks(per_part).enumerate() {
+        let mut meta = if index == 0 {
+            file.header.meta.clone()
+        } else {
+            Metadata::default()
+        };
+        meta.set("split.no", MetaValue::U16(index as u16));
+        meta.set("split.count", MetaValue::U16(parts as u16));
+        meta.set("split.tensors.count", MetaValue::I32(tensors.len() as i32));
+        let headers: Vec<TensorHeader> = chunk.iter().map(|(t, _)| t.clone()).collect();
+        let mut out = Vec::new();
+        write_header(&mut out, &meta, &headers).expect("header");
+        for (t, offset) in chunk {
+            let n = t.n_bytes() as usize;
+            out.extend_from_slice(&file.bytes()[*offset as usize..*offset as usize + n]);
+            out.extend(std::iter::repeat_n(0u8, glm_convert::gguf::padding(n as u64) as usize));
+        }
+        let path = dir.join(format!("{stem}-{:05}-of-{parts:05}.gguf", index + 1));
+        std::fs::write(&path, out).expect("write part");
+        paths.push(path);
+    }
+    assert_eq!(paths.len(), parts, "fewer tensors than parts");
+    paths
+}

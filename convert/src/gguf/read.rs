@@ -99,12 +99,19 @@ pub fn read_model_header(path: &Path) -> Result<GgufHeader> {
         message,
     };
     if count > MAX_SPLITS || split_key(&merged, "split.no") != Some(0) {
-        return Err(invalid(format!("split.count = {count} with split.no ≠ 0: not the first part of a split model")));
+        return Err(invalid(format!(
+            "split.count = {count} with split.no ≠ 0: not the first part of a split model"
+        )));
     }
-    for (index, part) in split_part_paths(path, count).map_err(invalid)?.iter().enumerate().skip(1) {
+    for (index, part) in split_part_paths(path, count)
+        .map_err(invalid)?
+        .iter()
+        .enumerate()
+        .skip(1)
+    {
         let header = read_file(part)?.header;
-        let belongs = split_key(&header, "split.no") == Some(index as u64)
-            && split_key(&header, "split.count") == Some(count);
+        let belongs =
+            split_key(&header, "split.no") == Some(index as u64) && split_key(&header, "split.count") == Some(count);
         if !belongs {
             return Err(ConvertError::Gguf {
                 path: part.clone(),
@@ -132,7 +139,10 @@ fn split_key(header: &GgufHeader, key: &str) -> Option<u64> {
 
 /// Every part's path from the first one's, as llama.cpp names them.
 pub fn split_part_paths(first: &Path, count: u64) -> std::result::Result<Vec<std::path::PathBuf>, String> {
-    let name = first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = first
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let suffix = format!("-00001-of-{count:05}.gguf");
     let prefix = name
         .strip_suffix(&suffix)
