@@ -224,6 +224,28 @@ fn a_partial_download_left_by_an_interrupted_run_is_resumed() {
 }
 
 #[test]
+fn a_server_that_ignores_the_range_is_downloaded_from_the_start() {
+    let server = HubServer::fixture(REPO, "glm-tiny");
+    let model = server.repo(REPO).file(MODEL).to_vec();
+    server.set_fault(REPO, MODEL, Fault::IgnoreRange);
+    let (_tmp, cache) = temp_cache();
+    let blobs_dir = repo_dir(&cache, REPO).join("blobs");
+    std::fs::create_dir_all(&blobs_dir).expect("mkdir");
+    // Bytes that are not the file's: kept, they would spoil the result.
+    std::fs::write(
+        blobs_dir.join(format!("{}.incomplete", sha256_hex(&model))),
+        vec![0u8; 1000],
+    )
+    .expect("write");
+
+    let (_, dir) = fetch_all(&hub(&server, &cache), REPO).expect("fetch");
+    assert_eq!(std::fs::read(dir.join(MODEL)).expect("model"), model);
+    let transfers = server.downloads(REPO, MODEL);
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(transfers[0].range.as_deref(), Some("bytes=1000-"));
+}
+
+#[test]
 fn a_corrupt_download_is_refused_and_removed() {
     for file in [MODEL, "config.json"] {
         let server = HubServer::fixture(REPO, "glm-tiny");
@@ -383,6 +405,29 @@ fn hostile_downloads_fail_cleanly() {
         assert!(!hub.snapshot_dir(&snapshot).join(file).exists(), "{fault:?}");
         assert_eq!(blobs_folder(&cache, REPO), Vec::<String>::new(), "{fault:?}");
     }
+}
+
+#[test]
+fn sizes_other_than_listed_are_refused() {
+    let server = HubServer::fixture(REPO, "glm-tiny");
+    let spec = server.repo(REPO);
+    let config = spec.file("config.json").len() as u64;
+    let model = spec.file(MODEL).len() as u64;
+    server.list_size(REPO, "config.json", config + 10);
+    server.list_size(REPO, MODEL, model - 10);
+    let (_tmp, cache) = temp_cache();
+    let hub = hub(&server, &cache);
+    let snapshot = hub.snapshot(REPO, "main").expect("listing");
+    for (file, says) in [("config.json", "broke off"), (MODEL, "more than")] {
+        let error = hub.fetch(&snapshot, &[file]).expect_err("wrong size accepted");
+        one_line_naming(&error, &[says]);
+        assert!(!hub.snapshot_dir(&snapshot).join(file).exists());
+    }
+    let finished: Vec<String> = blobs_folder(&cache, REPO)
+        .into_iter()
+        .filter(|n| !n.contains('.'))
+        .collect();
+    assert_eq!(finished, Vec::<String>::new());
 }
 
 #[test]

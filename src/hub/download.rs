@@ -324,7 +324,8 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// The git blob sha1 of `bytes`: what the Hub's ETag holds for a file kept in git.
-pub fn git_blob_sha1(bytes: &[u8]) -> String {
+#[cfg(test)]
+fn git_blob_sha1(bytes: &[u8]) -> String {
     let mut sha1 = sha1::Sha1::new();
     sha1.update(format!("blob {}\0", bytes.len()).as_bytes());
     sha1.update(bytes);

@@ -19,7 +19,7 @@ const MAX_LISTING_BYTES: u64 = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     endpoint: String,
     token: Option<String>,
@@ -27,6 +27,16 @@ pub struct Client {
     follow: ureq::Agent,
     /// Does not: the headers of the Hub's own answer name the file's hash.
     direct: ureq::Agent,
+}
+
+/// Without the token: debug output must not leak it.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 fn agent(max_redirects: u32) -> ureq::Agent {

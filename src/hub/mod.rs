@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cache::{io_error, RepoCache};
-pub use download::git_blob_sha1;
 
 /// One file of a repository snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,12 +92,13 @@ impl HubSettings {
     /// `HF_HUB_OFFLINE`, and `HF_HUB_CACHE` (else `$HF_HOME/hub`); `HF_HOME` defaults to
     /// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
     pub fn from_env() -> Result<HubSettings, HubError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        HubSettings::from_vars(var, dirs::home_dir())
+        HubSettings::from_vars(|name| std::env::var(name).ok(), dirs::home_dir())
     }
 
-    /// As [`HubSettings::from_env`], with the variables from `var`.
+    /// As [`HubSettings::from_env`], with the variables from `var` (an empty one counts as
+    /// unset) and the home folder `home`.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>, home: Option<PathBuf>) -> Result<HubSettings, HubError> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let endpoint = var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
         let endpoint = endpoint.trim().trim_end_matches('/').to_string();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
@@ -388,7 +388,7 @@ fn still_needed(cache: &RepoCache, missing: &[&HubFile]) -> u64 {
 }
 
 /// [`HubError::NoSpace`] when `needed` bytes do not fit in `available`.
-pub fn check_space(dir: &Path, needed: u64, available: u64) -> Result<(), HubError> {
+fn check_space(dir: &Path, needed: u64, available: u64) -> Result<(), HubError> {
     if needed > available {
         return Err(HubError::NoSpace {
             dir: dir.to_path_buf(),

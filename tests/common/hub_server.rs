@@ -133,6 +133,8 @@ pub enum Fault {
     RedirectWithoutLocation,
     /// A body with no length that never ends.
     EndlessBody,
+    /// `Range` is ignored: always 200 with the whole file, as some mirrors do.
+    IgnoreRange,
 }
 
 /// One request the server answered.
@@ -499,7 +501,10 @@ fn content(state: &Mutex<State>, repo: &str, file: &str, bytes: &[u8], request: 
         bytes.iter_mut().for_each(|b| *b = !*b);
     }
     let total = bytes.len();
-    let from = range_start(request).unwrap_or(0);
+    let from = match fault {
+        Some(Fault::IgnoreRange) => 0,
+        _ => range_start(request).unwrap_or(0),
+    };
     let (status, body) = if from > 0 && from < total {
         (206, bytes.split_off(from))
     } else {
