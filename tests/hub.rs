@@ -97,6 +97,15 @@ fn fetch_lays_out_the_cache_as_huggingface_hub_does() {
     }
     let refs = std::fs::read_to_string(repo_dir(&cache, REPO).join("refs/main")).expect("refs/main");
     assert_eq!(refs, spec.commit);
+    let by_commit = hub(&server, &cache)
+        .snapshot(REPO, &spec.commit)
+        .expect("listing by commit");
+    assert_eq!(by_commit, snapshot);
+    let refs: Vec<_> = std::fs::read_dir(repo_dir(&cache, REPO).join("refs"))
+        .expect("refs")
+        .flatten()
+        .collect();
+    assert_eq!(refs.len(), 1, "a commit is not a ref: {refs:?}");
     // Only finished blobs: no partial download, lock or temporary file is left.
     let mut expected: Vec<String> = spec.files.iter().map(|(n, b)| etag(n, b)).collect();
     expected.sort();
@@ -243,6 +252,23 @@ fn a_server_that_ignores_the_range_is_downloaded_from_the_start() {
     let transfers = server.downloads(REPO, MODEL);
     assert_eq!(transfers.len(), 1);
     assert_eq!(transfers[0].range.as_deref(), Some("bytes=1000-"));
+}
+
+#[test]
+fn a_small_file_without_an_etag_is_checked_by_size_and_named_by_its_git_hash() {
+    let server = HubServer::fixture(REPO, "glm-tiny");
+    let config = server.repo(REPO).file("config.json").to_vec();
+    server.set_fault(REPO, "config.json", Fault::NoEtag);
+    let (_tmp, cache) = temp_cache();
+    let hub = hub(&server, &cache);
+    let snapshot = hub.snapshot(REPO, "main").expect("listing");
+    let dir = hub.fetch(&snapshot, &["config.json"]).expect("fetch");
+    assert_eq!(std::fs::read(dir.join("config.json")).expect("read"), config);
+    assert_eq!(
+        std::fs::read_link(dir.join("config.json")).expect("link"),
+        Path::new("../../blobs").join(git_blob_sha1(&config))
+    );
+    assert_eq!(blobs_folder(&cache, REPO), [git_blob_sha1(&config)]);
 }
 
 #[test]

@@ -135,6 +135,8 @@ pub enum Fault {
     EndlessBody,
     /// `Range` is ignored: always 200 with the whole file, as some mirrors do.
     IgnoreRange,
+    /// No `ETag` or `X-Linked-Etag`: nothing to check a small file against but its size.
+    NoEtag,
 }
 
 /// One request the server answered.
