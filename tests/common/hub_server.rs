@@ -67,13 +67,16 @@ impl RepoSpec {
         RepoSpec::new(id, named)
     }
 
-    /// A fixture of `tests/fixtures/models/<fixture>` served as the repository `id`.
+    /// A fixture of `tests/fixtures/models/<fixture>` served as the repository `id`,
+    /// without `reference.json` (the tests' expectations, no part of a checkpoint).
     pub fn fixture(id: &str, fixture: &str) -> RepoSpec {
         let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/models")
             .join(fixture);
         assert!(folder.is_dir(), "no fixture {}", folder.display());
-        RepoSpec::from_folder(id, &folder)
+        let mut spec = RepoSpec::from_folder(id, &folder);
+        spec.files.retain(|(name, _)| name != "reference.json");
+        spec
     }
 
     /// The bytes of `name`.
