@@ -165,7 +165,7 @@ fn cached_conversion(dir: &Path, quant: &str) -> Result<PathBuf> {
     eprintln!("converting {} to {} (once)", dir.display(), file.display());
     let projector = cache_dir.join(format!("{stem}-mmproj-F16.gguf"));
     let mut files = vec![file.clone()];
-    files.extend(convert_into_cache(&source, &file, &projector, preset)?.1);
+    files.extend(convert_into_cache(&source, &file, &projector, preset, None)?.1);
     let record = SourceRecord {
         source: source.to_string_lossy().into_owned(),
         preset: preset_id,
@@ -189,12 +189,13 @@ pub(crate) fn convert_into_cache(
     file: &Path,
     projector: &Path,
     preset: Preset,
+    name: Option<String>,
 ) -> Result<(glm_convert::ConvertSummary, Option<PathBuf>)> {
     let options = ConvertOptions {
         preset,
         quantizer: Some(&GgmlQuantizer),
         importance: None,
-        name: None,
+        name,
         plan: Default::default(),
     };
     glm_convert::files::check_output(file, &[source], true)?;

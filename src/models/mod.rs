@@ -280,7 +280,9 @@ fn make_converted_entry(
         short(&snapshot.commit),
         model.display()
     );
-    let (summary, mmproj) = crate::model_source::convert_into_cache(&source, &model, &projector, preset)?;
+    // The snapshot folder is named by its commit; the model is called by its repository.
+    let general_name = target.repo.rsplit('/').next().map(str::to_owned);
+    let (summary, mmproj) = crate::model_source::convert_into_cache(&source, &model, &projector, preset, general_name)?;
     let record = EntryRecord {
         architecture: summary.architecture,
         parameters: summary.parameters,
