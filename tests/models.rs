@@ -153,12 +153,20 @@ fn a_hub_repository_is_pulled_converted_and_then_runs_offline() {
     assert_eq!(server.request_count(), asked, "the second run asked the Hub");
 
     let listed = text(&machine.ok(&["models"]).stdout);
-    assert!(listed.contains("zai-org/GLM-Tiny-MoE:q8_0") && listed.contains("glm4moe"), "{listed}");
+    assert!(
+        listed.contains("zai-org/GLM-Tiny-MoE:q8_0") && listed.contains("glm4moe"),
+        "{listed}"
+    );
     let which = text(&machine.ok(&["which", "zai-org/GLM-Tiny-MoE:q8_0"]).stdout);
     assert!(which.starts_with("store: zai-org/GLM-Tiny-MoE:q8_0"), "{which}");
     let removed = text(&machine.ok(&["models", "rm", "zai-org/GLM-Tiny-MoE:q8_0"]).stdout);
-    assert!(removed.starts_with("removed zai-org/GLM-Tiny-MoE:q8_0 (") && removed.contains("MiB freed"), "{removed}");
-    assert!(text(&machine.ok(&["models", "--names"]).stdout).lines().all(|l| !l.contains("GLM-Tiny-MoE")));
+    assert!(
+        removed.starts_with("removed zai-org/GLM-Tiny-MoE:q8_0 (") && removed.contains("MiB freed"),
+        "{removed}"
+    );
+    assert!(text(&machine.ok(&["models", "--names"]).stdout)
+        .lines()
+        .all(|l| !l.contains("GLM-Tiny-MoE")));
     // The download stays in the Hugging Face cache: pulling again converts, not downloads.
     let served = server.download_count();
     machine.ok(&["pull", "zai-org/GLM-Tiny-MoE:q8_0"]);
@@ -175,9 +183,15 @@ fn a_catalogue_name_pulls_its_repository() {
     let expected = local_answer(&converted("glm47flash-tiny", "q8_0"));
     assert_eq!(greedy_answer(&machine, "glm-4.7-flash"), expected);
     let shown = text(&machine.ok(&["models", "show", "glm-4.7-flash"]).stdout);
-    assert!(shown.contains("zai-org/GLM-4.7-Flash at main") && shown.contains("deepseek2"), "{shown}");
+    assert!(
+        shown.contains("zai-org/GLM-4.7-Flash at main") && shown.contains("deepseek2"),
+        "{shown}"
+    );
     let which = text(&machine.ok(&["which", "glm-4.5-air"]).stdout);
-    assert!(which.contains("catalogue: glm-4.5-air → zai-org/GLM-4.5-Air"), "{which}");
+    assert!(
+        which.contains("catalogue: glm-4.5-air → zai-org/GLM-4.5-Air"),
+        "{which}"
+    );
 }
 
 /// A repository of GGUF files is used where the Hugging Face cache keeps it: the file of
@@ -203,7 +217,10 @@ fn a_gguf_repository_is_used_as_it_is() {
         greedy_answer(&machine, "someone/Tiny-GGUF:f16"),
         local_answer(&converted("glm4moe-tiny", "f16"))
     );
-    assert!(server.downloads("someone/Tiny-GGUF", "README.md").is_empty(), "fetched what is not needed");
+    assert!(
+        server.downloads("someone/Tiny-GGUF", "README.md").is_empty(),
+        "fetched what is not needed"
+    );
     let missing = machine.glm(&["pull", "someone/Tiny-GGUF:q4_k_m"]);
     let log = text(&missing.stderr);
     assert!(log.contains("no GGUF file for Q4_K_M") && log.contains("Q8_0"), "{log}");
@@ -229,7 +246,10 @@ fn the_hugging_face_cache_is_shared_with_huggingface_hub() {
     std::fs::create_dir_all(repo.join("refs")).expect("mkdir");
     std::fs::write(repo.join("refs").join("main"), commit).expect("ref");
     let which = text(&machine.ok(&["which", "zai-org/GLM-Tiny"]).stdout);
-    assert!(which.contains("Hugging Face cache: zai-org/GLM-Tiny at 0123456789"), "{which}");
+    assert!(
+        which.contains("Hugging Face cache: zai-org/GLM-Tiny at 0123456789"),
+        "{which}"
+    );
     let mut args = vec!["run", "zai-org/GLM-Tiny:q8_0"];
     args.extend(GREEDY);
     let out = machine.offline(&args);
@@ -249,16 +269,29 @@ fn hub_failures_are_one_line_each() {
         log
     };
     let missing = line(machine.glm(&["pull", "zai-org/No-Such-Model"]));
-    assert!(missing.contains("zai-org/No-Such-Model") && missing.contains("404"), "{missing}");
+    assert!(
+        missing.contains("zai-org/No-Such-Model") && missing.contains("404"),
+        "{missing}"
+    );
     let offline = line(machine.offline(&["run", "zai-org/GLM-Tiny", "-p", "hi"]));
     assert!(offline.contains("HF_HUB_OFFLINE"), "{offline}");
     server.require_token("secret");
     let gated = line(machine.glm(&["pull", "zai-org/GLM-Tiny"]));
-    assert!(gated.contains("zai-org/GLM-Tiny") && gated.contains("HF_TOKEN"), "{gated}");
+    assert!(
+        gated.contains("zai-org/GLM-Tiny") && gated.contains("HF_TOKEN"),
+        "{gated}"
+    );
     let unknown = line(machine.glm(&["run", "glm-5-ultra", "-p", "hi"]));
-    assert!(unknown.contains("glm-5-ultra") && unknown.contains("glm-4.7-flash"), "{unknown}");
+    assert!(
+        unknown.contains("glm-5-ultra") && unknown.contains("glm-4.7-flash"),
+        "{unknown}"
+    );
     // With the token, the same pull works.
-    let out = machine.command(&["pull", "zai-org/GLM-Tiny:q8_0"]).env("HF_TOKEN", "secret").output().expect("run");
+    let out = machine
+        .command(&["pull", "zai-org/GLM-Tiny:q8_0"])
+        .env("HF_TOKEN", "secret")
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
@@ -272,7 +305,11 @@ fn cut_and_corrupt_downloads() {
     let transfers = server.downloads("zai-org/GLM-Tiny", "model.safetensors");
     assert!(transfers.len() >= 2, "{transfers:?}");
     let size = server.repo("zai-org/GLM-Tiny").file("model.safetensors").len() as u64;
-    assert_eq!(server.bytes_served("zai-org/GLM-Tiny", "model.safetensors"), size, "not resumed");
+    assert_eq!(
+        server.bytes_served("zai-org/GLM-Tiny", "model.safetensors"),
+        size,
+        "not resumed"
+    );
 
     let server = HubServer::fixture("zai-org/GLM-Tiny", "glm-tiny");
     server.set_fault("zai-org/GLM-Tiny", "model.safetensors", Fault::Corrupt);
@@ -280,7 +317,9 @@ fn cut_and_corrupt_downloads() {
     let out = machine.glm(&["run", "zai-org/GLM-Tiny:q8_0", "-p", "hi"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("does not match"), "{}", text(&out.stderr));
-    assert!(text(&machine.ok(&["models", "--names"]).stdout).lines().all(|l| !l.contains("GLM-Tiny")));
+    assert!(text(&machine.ok(&["models", "--names"]).stdout)
+        .lines()
+        .all(|l| !l.contains("GLM-Tiny")));
 }
 
 /// Two pulls of one model at once download each file once and both succeed.
@@ -290,7 +329,12 @@ fn concurrent_pulls_download_once() {
     server.slow_down(std::time::Duration::from_millis(20));
     let machine = Machine::new(Some(&server));
     let children: Vec<_> = (0..2)
-        .map(|_| machine.command(&["pull", "zai-org/GLM-Tiny:q8_0"]).spawn().expect("spawn"))
+        .map(|_| {
+            machine
+                .command(&["pull", "zai-org/GLM-Tiny:q8_0"])
+                .spawn()
+                .expect("spawn")
+        })
         .collect();
     for child in children {
         let out = child.wait_with_output().expect("wait");
@@ -301,5 +345,109 @@ fn concurrent_pulls_download_once() {
         assert!(count <= 1, "{name} downloaded {count} times");
     }
     let listed = text(&machine.ok(&["models"]).stdout);
-    assert_eq!(listed.lines().filter(|l| l.contains("zai-org/GLM-Tiny:q8_0")).count(), 1, "{listed}");
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("zai-org/GLM-Tiny:q8_0")).count(),
+        1,
+        "{listed}"
+    );
+}
+
+/// A vision repository's projector comes with the model (F16 preferred, the others not
+/// downloaded), and images go through it as with local files.
+#[test]
+fn a_vision_repository_brings_its_projector() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let local = dir.path().join("V-Q8_0.gguf");
+    let convert = Machine::new(None).glm(&[
+        "convert",
+        path(&model_dir("glm45v-tiny")),
+        "--quant",
+        "q8_0",
+        "-o",
+        path(&local),
+    ]);
+    assert!(convert.status.success(), "{}", text(&convert.stderr));
+    let projector = std::fs::read(dir.path().join("glm45v-tiny-mmproj-F16.gguf")).expect("projector");
+    let server = HubServer::start(vec![RepoSpec::new(
+        "zai-org/Tiny-V-GGUF",
+        vec![
+            ("Tiny-V-Q8_0.gguf", std::fs::read(&local).expect("model")),
+            // Other bytes than the F16 one: the server tells downloads apart by hash.
+            ("mmproj-F32.gguf", [projector.as_slice(), b"f32"].concat()),
+            ("mmproj-F16.gguf", projector),
+        ],
+    )]);
+    let machine = Machine::new(Some(&server));
+    let image = dir.path().join("image.bmp");
+    write_bmp(&image, 56, 56);
+    let logits = |model: &str, out: &Path| {
+        machine.ok(&[
+            "logits",
+            model,
+            "-p",
+            "What is this?",
+            "--image",
+            path(&image),
+            "-o",
+            path(out),
+            "-t",
+            "2",
+        ]);
+        read_json(out)
+    };
+    let by_name = logits("zai-org/Tiny-V-GGUF:q8_0", &dir.path().join("by-name.json"));
+    let by_path = logits(path(&local), &dir.path().join("by-path.json"));
+    assert_eq!(by_name, by_path);
+    assert!(server.downloads("zai-org/Tiny-V-GGUF", "mmproj-F32.gguf").is_empty());
+    let shown = text(&machine.ok(&["models", "show", "zai-org/Tiny-V-GGUF"]).stdout);
+    assert!(
+        shown.contains("vision projector") && shown.contains("mmproj-F16.gguf"),
+        "{shown}"
+    );
+    // --hf-cache also removes the downloaded files, and says so in the bytes freed.
+    let removed = text(
+        &machine
+            .ok(&["models", "rm", "zai-org/Tiny-V-GGUF", "--hf-cache"])
+            .stdout,
+    );
+    assert!(
+        removed.contains("KiB freed") || removed.contains("MiB freed"),
+        "{removed}"
+    );
+    let blobs = machine.hf_cache().join("models--zai-org--Tiny-V-GGUF").join("blobs");
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|e| e.file_name().len() != 64), "blobs left: {left:?}");
+}
+
+/// `glm models prune` removes conversions made by another glm version and conversions of
+/// checkpoint folders that are gone, and keeps the rest.
+#[test]
+fn prune_removes_what_can_no_longer_be_right() {
+    let server = HubServer::fixture("zai-org/GLM-Tiny", "glm-tiny");
+    let machine = Machine::new(Some(&server));
+    machine.ok(&["pull", "zai-org/GLM-Tiny:q8_0"]);
+    machine.ok(&["pull", "zai-org/GLM-Tiny:f16"]);
+    let record = machine.dir.path().join("store/zai-org--GLM-Tiny/Q8_0/entry.json");
+    let edited = std::fs::read_to_string(&record).expect("entry").replace(
+        &format!("\"glm\": \"{}\"", env!("CARGO_PKG_VERSION")),
+        "\"glm\": \"0.0.1\"",
+    );
+    assert!(edited.contains("0.0.1"), "{edited}");
+    std::fs::write(&record, edited).expect("write entry");
+    let folder = fixture_copy("glm-tiny", machine.dir.path());
+    machine.ok(&["run", path(&folder), "-p", "hi", "-n", "2", "--no-think"]);
+    std::fs::remove_dir_all(&folder).expect("remove folder");
+    let pruned = text(&machine.ok(&["models", "prune"]).stdout);
+    assert!(
+        pruned.contains("removed zai-org/GLM-Tiny:q8_0 (converted by glm 0.0.1)"),
+        "{pruned}"
+    );
+    assert!(pruned.contains("checkpoint folder changed or is gone"), "{pruned}");
+    let listed = text(&machine.ok(&["models"]).stdout);
+    assert!(
+        !listed.contains("GLM-Tiny:q8_0") && listed.contains("GLM-Tiny:f16"),
+        "{listed}"
+    );
 }

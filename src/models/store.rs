@@ -106,7 +106,7 @@ impl Store {
                 }
             }
         }
-        entries.sort_by(|a, b| a.reference().cmp(&b.reference()));
+        entries.sort_by_key(Entry::reference);
         entries
     }
 

@@ -185,3 +185,27 @@ pub fn split_gguf(src: &Path, dir: &Path, stem: &str, parts: usize) -> Vec<PathB
     assert_eq!(paths.len(), parts, "fewer tensors than parts");
     paths
 }
+
+/// A 24-bit BMP (a format llama.cpp's image loader reads) with a colour gradient.
+pub fn write_bmp(path: &Path, width: u32, height: u32) {
+    let row = (width * 3).div_ceil(4) * 4;
+    let size = 54 + row * height;
+    let mut bytes = Vec::with_capacity(size as usize);
+    bytes.extend(b"BM");
+    bytes.extend(size.to_le_bytes());
+    bytes.extend([0u8; 4]);
+    bytes.extend(54u32.to_le_bytes());
+    bytes.extend(40u32.to_le_bytes());
+    bytes.extend((width as i32).to_le_bytes());
+    bytes.extend((height as i32).to_le_bytes());
+    bytes.extend(1u16.to_le_bytes());
+    bytes.extend(24u16.to_le_bytes());
+    bytes.extend([0u8; 24]);
+    for y in 0..height {
+        for x in 0..width {
+            bytes.extend([(x * 255 / width) as u8, (y * 255 / height) as u8, 128]);
+        }
+        bytes.extend(vec![0u8; (row - width * 3) as usize]);
+    }
+    std::fs::write(path, bytes).expect("write image");
+}
