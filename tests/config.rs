@@ -36,21 +36,12 @@ fn glm(config: &ConfigFile, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn glm_env(config: &ConfigFile, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_glm"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_glm"));
+    command
         .args(args)
         .env("GLM_CONFIG", &config.path)
-        .envs(env.iter().copied())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn glm");
-    if let Some(text) = stdin {
-        use std::io::Write;
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(text.as_bytes()).expect("write stdin");
-    }
-    child.wait_with_output().expect("wait for glm")
+        .envs(env.iter().copied());
+    output_with_stdin(&mut command, stdin)
 }
 
 fn stdout(out: &Output) -> String {

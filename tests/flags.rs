@@ -13,19 +13,7 @@ fn glm(args: &[&str]) -> Output {
 }
 
 fn glm_with_stdin(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_glm"))
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn glm");
-    if let Some(text) = stdin {
-        use std::io::Write;
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(text.as_bytes()).expect("write stdin");
-    }
-    child.wait_with_output().expect("wait for glm")
+    output_with_stdin(Command::new(env!("CARGO_BIN_EXE_glm")).args(args), stdin)
 }
 
 fn stdout(out: &Output) -> String {

@@ -209,3 +209,21 @@ pub fn write_bmp(path: &Path, width: u32, height: u32) {
     }
     std::fs::write(path, bytes).expect("write image");
 }
+
+/// Runs `command` with `stdin` written to its standard input (none: empty input) and
+/// collects its output.
+pub fn output_with_stdin(command: &mut std::process::Command, stdin: Option<&str>) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn glm");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for glm")
+}
