@@ -361,7 +361,10 @@ fn too_little_space_is_refused_before_any_transfer() {
     };
     assert!(*needed >= petabyte && *available < petabyte, "{error}");
     assert!(dir.starts_with(&cache), "{error}");
-    one_line_naming(&error, &[&needed.to_string(), &available.to_string()]);
+    one_line_naming(
+        &error,
+        &[&glm_convert::byte_label(*needed), &glm_convert::byte_label(*available)],
+    );
     assert_eq!(server.download_count(), 0, "{:?}", server.log());
 }
 

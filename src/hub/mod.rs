@@ -57,7 +57,10 @@ pub enum HubError {
         expected: String,
         actual: String,
     },
-    #[error("{dir}: {needed} bytes are needed and {available} are free")]
+    #[error(
+        "{}: the download needs {} and {} are free; free some space or set HF_HUB_CACHE to another disk",
+        dir.display(), glm_convert::byte_label(*needed), glm_convert::byte_label(*available)
+    )]
     NoSpace { dir: PathBuf, needed: u64, available: u64 },
     #[error("{url}: {reason}")]
     Http { url: String, reason: String },
