@@ -62,15 +62,22 @@ pub struct TokenLogprob {
 }
 
 /// What a job tells its requester, in order: `Started`, then `Text` pieces, then one of
-/// `Finished` or `Failed`.
+/// `Finished` or `Failed`. A job refused before it starts (invalid grammar, prompt too
+/// long) gets only `Failed`; one cancelled while it waited, only `Finished`.
 #[derive(Debug, Clone)]
 pub enum JobEvent {
-    /// The job has a sequence; `cached_tokens` of its prompt were already in that
-    /// sequence's KV cache (prefix reuse).
-    Started { prompt_tokens: usize, cached_tokens: usize },
+    /// The job has a sequence; `cached_tokens` of its `prompt_tokens` (the whole prompt)
+    /// were already in that sequence's KV cache (prefix reuse) and are not evaluated.
+    Started {
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    },
     /// Complete UTF-8 text, reasoning and tool-call tags included (the caller splits
     /// them), with the log-probabilities of its tokens when asked.
-    Text { text: String, logprobs: Vec<TokenLogprob> },
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Finished(JobSummary),
     Failed(String),
 }
@@ -127,10 +134,13 @@ impl Drop for JobHandle {
 pub struct BatchStats {
     pub running: usize,
     pub queued: usize,
+    /// Tokens in the sequences' KV caches (kept after a job ends, for prefix reuse).
     pub kv_cells_used: u64,
     pub kv_cells_total: u64,
+    /// Prompt tokens evaluated (those reused from a cache are not counted).
     pub prompt_tokens_total: u64,
     pub generated_tokens_total: u64,
+    /// Jobs accepted by `submit`.
     pub requests_total: u64,
 }
 
@@ -305,7 +315,10 @@ impl Scheduler {
     pub fn stats(&self) -> BatchStats {
         let (running, queued) = {
             let state = self.shared.lock();
-            (self.shared.parallel - state.idle_slots.min(self.shared.parallel), state.waiting())
+            (
+                self.shared.parallel - state.idle_slots.min(self.shared.parallel),
+                state.waiting(),
+            )
         };
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         BatchStats {

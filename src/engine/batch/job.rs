@@ -47,12 +47,14 @@ pub(super) enum Sampled {
 }
 
 impl Running {
-    /// Checks the job and builds its sampler; `reuse` says how many prompt tokens the
-    /// sequence it gets holds already (decided by the caller once the job is valid).
-    pub fn new(engine: &Engine, queued: Queued, ctx_per_sequence: usize) -> Result<Running, (Queued, String)> {
+    /// Checks the job and builds its sampler; a job refused gets `Failed` with why.
+    pub fn new(engine: &Engine, queued: Queued, ctx_per_sequence: usize) -> Option<Running> {
         match Self::prepare(engine, &queued.job, ctx_per_sequence) {
-            Ok((prompt, sampler)) => Ok(Self::with(queued, prompt, sampler)),
-            Err(e) => Err((queued, format!("{e:#}"))),
+            Ok((prompt, sampler)) => Some(Self::with(queued, prompt, sampler)),
+            Err(e) => {
+                let _ = queued.events.send(JobEvent::Failed(format!("{e:#}")));
+                None
+            }
         }
     }
 
@@ -231,6 +233,9 @@ fn logprob(engine: &Engine, logits: &[f32], token: LlamaToken, top: usize) -> To
     TokenLogprob {
         text: text_of(token),
         logprob: of(token.0 as usize),
-        top: ids.into_iter().map(|id| (text_of(LlamaToken(id as i32)), of(id))).collect(),
+        top: ids
+            .into_iter()
+            .map(|id| (text_of(LlamaToken(id as i32)), of(id)))
+            .collect(),
     }
 }

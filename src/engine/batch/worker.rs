@@ -102,7 +102,9 @@ impl<'e> Worker<'e> {
                 state.jobs.retain(|queued| {
                     let keep = !queued.is_cancelled();
                     if !keep {
-                        let _ = queued.events.send(super::JobEvent::Finished(cancelled_while_queued(queued)));
+                        let _ = queued
+                            .events
+                            .send(super::JobEvent::Finished(cancelled_while_queued(queued)));
                     }
                     keep
                 });
@@ -118,8 +120,11 @@ impl<'e> Worker<'e> {
                 state = self.shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let placed_all = taken.into_iter().fold(true, |ok, queued| self.place(queued) && ok);
-        if !placed_all {
+        let mut refused = false;
+        for queued in taken {
+            refused |= !self.place(queued);
+        }
+        if refused {
             self.shared.lock().idle_slots = self.idle_slots();
         }
         true
@@ -132,12 +137,8 @@ impl<'e> Worker<'e> {
     /// Puts a job in the idle sequence whose cache shares the longest prefix with its
     /// prompt, dropping the rest of that cache. False when the job was refused.
     fn place(&mut self, queued: Queued) -> bool {
-        let mut job = match Running::new(self.engine, queued, self.ctx_per_sequence) {
-            Ok(job) => job,
-            Err((queued, reason)) => {
-                let _ = queued.events.send(super::JobEvent::Failed(reason));
-                return false;
-            }
+        let Some(mut job) = Running::new(self.engine, queued, self.ctx_per_sequence) else {
+            return false;
         };
         let Some(index) = self.best_slot(&job.prompt) else {
             job.fail("no sequence was free (a bug in glm)".to_owned());
