@@ -35,11 +35,15 @@ fn context() -> ContextOptions {
 }
 
 fn scheduler(parallel: u32, queue_limit: usize) -> Scheduler {
+    scheduler_with(parallel, queue_limit, context())
+}
+
+fn scheduler_with(parallel: u32, queue_limit: usize, context: ContextOptions) -> Scheduler {
     let options = BatchOptions {
         parallel,
         ctx_per_sequence: 512,
         queue_limit,
-        context: context(),
+        context,
     };
     Scheduler::start(engine(), options).expect("start the scheduler")
 }
@@ -57,6 +61,10 @@ fn job(prompt: &str, max_tokens: usize) -> Job {
 
 /// The single-sequence reference: a fresh `ChatSession`, greedy.
 fn single_sequence(prompt: &[i32], max_tokens: usize) -> String {
+    single_sequence_with(prompt, max_tokens, &Sampling::greedy_to_the_end())
+}
+
+fn single_sequence_with(prompt: &[i32], max_tokens: usize, sampling: &Sampling) -> String {
     let engine = engine();
     let options = ContextOptions {
         ctx_size: 512,
@@ -65,7 +73,7 @@ fn single_sequence(prompt: &[i32], max_tokens: usize) -> String {
     let mut session = ChatSession::new(&engine, &options).expect("session");
     let mut text = String::new();
     session
-        .respond(prompt, max_tokens, &Sampling::greedy_to_the_end(), |piece| {
+        .respond(prompt, max_tokens, sampling, |piece| {
             text.push_str(piece);
             true
         })
@@ -133,7 +141,10 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 /// Runs every prompt at once in one scheduler and compares each text with the
 /// single-sequence reference.
 fn check_against_single_sequence(parallel: u32, prompts: &[&str]) {
-    let scheduler = scheduler(parallel, prompts.len());
+    check_in(&scheduler(parallel, prompts.len()), prompts);
+}
+
+fn check_in(scheduler: &Scheduler, prompts: &[&str]) {
     let handles: Vec<JobHandle> = prompts
         .iter()
         .map(|p| scheduler.submit(job(p, REPLY_TOKENS)).expect("submit"))
@@ -166,6 +177,70 @@ fn four_jobs_at_once_give_the_single_sequence_text() {
 #[test]
 fn queued_jobs_beyond_the_sequences_give_the_single_sequence_text() {
     check_against_single_sequence(2, &PROMPTS);
+}
+
+#[test]
+fn prompts_evaluated_in_chunks_beside_generation_give_the_single_sequence_text() {
+    // Eight tokens a step: prompts take several steps, sharing them with sampled tokens.
+    let small_batches = ContextOptions {
+        batch_size: 8,
+        ubatch_size: 8,
+        ..context()
+    };
+    check_in(&scheduler_with(3, 8, small_batches), &PROMPTS);
+}
+
+#[test]
+fn sampled_jobs_draw_what_the_single_sequence_path_draws() {
+    let sampling = Sampling {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        repeat_penalty: 1.1,
+        repeat_last_n: 64,
+        seed: 1234,
+        ignore_eos: true,
+    };
+    let scheduler = scheduler(3, 4);
+    let handles: Vec<JobHandle> = PROMPTS[..3]
+        .iter()
+        .map(|prompt| {
+            let mut sampled = job(prompt, REPLY_TOKENS);
+            sampled.sampling = sampling.clone();
+            scheduler.submit(sampled).expect("submit")
+        })
+        .collect();
+    for (prompt, handle) in PROMPTS.iter().zip(handles) {
+        let tokens = engine().tokenize(prompt);
+        let expected = single_sequence_with(&tokens, REPLY_TOKENS, &sampling);
+        assert_ne!(
+            expected,
+            single_sequence(&tokens, REPLY_TOKENS),
+            "sampling changes nothing"
+        );
+        assert_eq!(collect(handle).text, expected, "prompt {prompt:?}");
+    }
+}
+
+#[test]
+fn the_loop_ends_with_the_last_scheduler_and_fails_what_runs() {
+    let scheduler = scheduler(1, 4);
+    let clone = scheduler.clone();
+    drop(scheduler);
+    // The clone keeps the loop going.
+    let alive = collect(clone.submit(job(PROMPTS[2], 1)).expect("submit"));
+    assert_eq!(summary(&alive).generated_tokens, 1);
+    let running = clone.submit(endless(PROMPTS[0])).expect("submit");
+    // Behind a job of hundreds of tokens, this one still waits when the clone goes.
+    let waiting = clone.submit(endless(PROMPTS[1])).expect("submit");
+    drop(clone);
+    let reason = collect(waiting).end.expect_err("a queued job outlived the scheduler");
+    assert!(reason.contains("shutting down"), "{reason}");
+    match collect(running).end {
+        Err(reason) => assert!(reason.contains("shutting down"), "{reason}"),
+        Ok(summary) => assert_eq!(summary.stop, JobStop::ContextFull, "it ended on its own first"),
+    }
 }
 
 #[test]
@@ -204,6 +279,11 @@ fn a_dropped_handle_frees_its_sequence_at_once() {
     assert_eq!(scheduler.stats().running, 1);
     drop(handle);
     wait_for("the sequence to be freed", || scheduler.stats().running == 0);
+    let room = scheduler.ctx_per_sequence() as u64 - engine().tokenize(PROMPTS[1]).len() as u64;
+    assert!(
+        scheduler.stats().generated_tokens_total < room,
+        "the job ran to the end of its context"
+    );
     let next = collect(scheduler.submit(job(PROMPTS[2], 4)).expect("submit"));
     assert_eq!(summary(&next).generated_tokens, 4);
 }
