@@ -20,6 +20,8 @@ struct Slot {
     seq: i32,
     cached: Vec<LlamaToken>,
     job: Option<Running>,
+    /// When it last took a job: among caches that help a prompt equally, the oldest goes.
+    last_used: u64,
 }
 
 struct Worker<'e> {
@@ -29,6 +31,8 @@ struct Worker<'e> {
     n_batch: usize,
     ctx_per_sequence: usize,
     slots: Vec<Slot>,
+    /// Jobs placed so far, the clock of `Slot::last_used`.
+    placed: u64,
     shared: Arc<Shared>,
 }
 
@@ -72,6 +76,7 @@ impl<'e> Worker<'e> {
                 seq: seq as i32,
                 cached: Vec::new(),
                 job: None,
+                last_used: 0,
             })
             .collect();
         Worker {
@@ -81,6 +86,7 @@ impl<'e> Worker<'e> {
             n_batch,
             ctx_per_sequence,
             slots,
+            placed: 0,
             shared,
         }
     }
@@ -148,6 +154,8 @@ impl<'e> Worker<'e> {
         let common = common_prefix(&self.slots[index].cached, &job.prompt).min(job.prompt.len() - 1);
         let reused = self.forget_from(index, common);
         job.start(reused);
+        self.placed += 1;
+        self.slots[index].last_used = self.placed;
         self.slots[index].job = Some(job);
         true
     }
@@ -157,7 +165,7 @@ impl<'e> Worker<'e> {
             .iter()
             .enumerate()
             .filter(|(_, slot)| slot.job.is_none())
-            .max_by_key(|(_, slot)| common_prefix(&slot.cached, prompt))
+            .max_by_key(|(_, slot)| (common_prefix(&slot.cached, prompt), std::cmp::Reverse(slot.last_used)))
             .map(|(index, _)| index)
     }
 
