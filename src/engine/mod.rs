@@ -5,6 +5,7 @@
 //! handles projectors and images, `log` keeps llama.cpp's reasons for failures, and
 //! `quantize` wraps ggml's quantization kernels.
 
+pub mod batch;
 mod log;
 mod model;
 mod options;
