@@ -57,10 +57,16 @@ pub struct TokenLogprob {
 pub enum JobEvent {
     /// The job has a sequence; `cached_tokens` of its prompt were already in that
     /// sequence's KV cache (prefix reuse).
-    Started { prompt_tokens: usize, cached_tokens: usize },
+    Started {
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    },
     /// Complete UTF-8 text, reasoning and tool-call tags included (the caller splits
     /// them), with the log-probabilities of its tokens when asked.
-    Text { text: String, logprobs: Vec<TokenLogprob> },
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Finished(JobSummary),
     Failed(String),
 }
