@@ -95,6 +95,8 @@ pub struct Settings {
     pub stop: Vec<String>,
     pub top_logprobs: Option<u32>,
     pub grammar: Option<String>,
+    /// llama.cpp's extension: generate past end-of-turn tokens, up to the length.
+    pub ignore_eos: Option<bool>,
 }
 
 /// Most alternatives per token `top_logprobs` may ask for (OpenAI's limit).
@@ -134,6 +136,7 @@ impl Settings {
 
     fn sampling(&self, defaults: &Sampling) -> Result<Sampling, ApiError> {
         let mut sampling = defaults.clone();
+        sampling.ignore_eos = self.ignore_eos == Some(true);
         if let Some(t) = self.temperature {
             sampling.temperature = within("temperature", t, 0.0, 100.0)? as f32;
         }

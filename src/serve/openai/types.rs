@@ -41,6 +41,7 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<ResponseFormat>,
     pub chat_template_kwargs: Option<Map<String, Value>>,
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +195,7 @@ impl ChatRequest {
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             top_logprobs: (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0)),
             grammar: self.response_format.as_ref().map(grammar).transpose()?.flatten(),
+            ignore_eos: self.ignore_eos,
         })
     }
 }
@@ -346,6 +348,7 @@ pub struct CompletionRequest {
     pub n: Option<u32>,
     pub echo: Option<bool>,
     pub suffix: Option<String>,
+    pub ignore_eos: Option<bool>,
 }
 
 impl CompletionRequest {
@@ -391,6 +394,7 @@ impl CompletionRequest {
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             top_logprobs: self.logprobs,
             grammar: None,
+            ignore_eos: self.ignore_eos,
         }
     }
 }
