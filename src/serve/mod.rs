@@ -144,3 +144,88 @@ async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {
     ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
         .in_flavor(Flavor::of_path(uri.path()))
 }
+
+/// The HTTP layer without a model: routing, authentication, body limits and error shapes
+/// (the end-to-end tests in `tests/serve.rs` cover generation).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server with no model on a free port, and its base URL.
+    fn start(api_key: Option<&str>, max_body: usize) -> (tokio::runtime::Runtime, String) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(ServerState::new(Vec::new(), api_key.map(str::to_owned), Vec::new()));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        runtime.spawn(serve(listener, state, max_body, std::future::pending()));
+        (runtime, url)
+    }
+
+    fn post(url: &str, body: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut request = agent.post(url);
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        let mut response = request.send(body).unwrap();
+        let text = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn errors_take_each_apis_shape() {
+        let (_runtime, url) = start(None, 1000);
+        let (status, body) = post(&format!("{url}/v1/chat/completions"), "{\"messages\": [", None);
+        assert_eq!(status, 400);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("not valid JSON"),
+            "{body}"
+        );
+        let (status, body) = post(
+            &format!("{url}/v1/chat/completions"),
+            r#"{"messages": [], "temperature": "hot", "unknown": 1}"#,
+            None,
+        );
+        assert_eq!(
+            (status, &body["error"]["param"]),
+            (400, &json!("temperature")),
+            "{body}"
+        );
+        let (status, body) = post(&format!("{url}/v1/messages"), r#"{"messages": "x"}"#, None);
+        assert_eq!((status, &body["type"]), (400, &json!("error")), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("messages"),
+            "{body}"
+        );
+        let (status, body) = post(&format!("{url}/v1/chat/completions"), &"x".repeat(2000), None);
+        assert_eq!(status, 413, "{body}");
+        let (status, body) = post(
+            &format!("{url}/v1/chat/completions"),
+            r#"{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}"#,
+            None,
+        );
+        assert_eq!(status, 404, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("gpt-4"), "{body}");
+        let (status, body) = post(
+            &format!("{url}/v1/chat/completions"),
+            r#"{"messages": [{"role": "user", "content": "hi"}], "n": 3}"#,
+            None,
+        );
+        assert_eq!((status, &body["error"]["param"]), (400, &json!("n")), "{body}");
+    }
+
+    #[test]
+    fn the_key_is_checked_before_anything_else() {
+        let (_runtime, url) = start(Some("k"), 1000);
+        let (status, body) = post(&format!("{url}/v1/messages"), "{", None);
+        assert_eq!((status, &body["error"]["type"]), (401, &json!("authentication_error")));
+        let (status, _) = post(&format!("{url}/v1/messages"), "{", Some("k"));
+        assert_eq!(status, 400);
+        let (status, body) = post(&format!("{url}/v1/chat/completions"), "{", Some("K"));
+        assert_eq!((status, &body["error"]["code"]), (401, &json!(401)));
+    }
+}
