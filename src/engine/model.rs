@@ -229,6 +229,28 @@ impl Engine {
             .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_ctx} tokens"), e))
     }
 
+    /// A context of `n_seq` sequences of `per_sequence` tokens each, every one with its
+    /// own part of the KV cache (llama.cpp rounds the parts up to multiples of 256). The
+    /// logical batch holds at least one token per sequence.
+    pub(super) fn parallel_context(
+        &self,
+        options: &ContextOptions,
+        per_sequence: u32,
+        n_seq: u32,
+    ) -> Result<LlamaContext<'_>> {
+        let n_ctx = per_sequence.saturating_mul(n_seq);
+        let mut params = context_params(options, n_ctx)
+            .with_n_seq_max(n_seq)
+            .with_kv_unified(false);
+        if params.n_batch() < n_seq {
+            params = params.with_n_batch(n_seq);
+        }
+        log::start_capture();
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_seq} × {per_sequence} tokens"), e))
+    }
+
     /// Evaluates `tokens` (in batches) and returns the logits of every position when
     /// `all_positions`, else of the last one only.
     pub fn logits(&self, tokens: &[i32], all_positions: bool, options: &ContextOptions) -> Result<Vec<Vec<f32>>> {

@@ -505,7 +505,7 @@ pub(super) fn decode_tokens<'m>(
 /// split across tokens waits in `decoder` for the next piece, and bytes that are not
 /// UTF-8 become U+FFFD. Room is made for the decoder's worst case first: it writes only
 /// what fits and would otherwise drop the rest.
-fn decode_piece(decoder: &mut encoding_rs::Decoder, piece: &[u8], text: &mut String) {
+pub(super) fn decode_piece(decoder: &mut encoding_rs::Decoder, piece: &[u8], text: &mut String) {
     text.clear();
     let mut rest = piece;
     loop {

@@ -1,0 +1,347 @@
+//! The loop: one context, `parallel` sequences, one batch per step holding the last
+//! sampled token of every generating sequence and as many prompt tokens as still fit.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use super::job::{Running, Sampled};
+use super::{BatchOptions, JobStop, Queued, Shared};
+use crate::engine::model::Engine;
+
+/// A sequence of the context: the tokens in its KV cache, and its job if it has one.
+struct Slot {
+    seq: i32,
+    cached: Vec<LlamaToken>,
+    job: Option<Running>,
+}
+
+struct Worker<'e> {
+    engine: &'e Engine,
+    ctx: LlamaContext<'e>,
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    ctx_per_sequence: usize,
+    slots: Vec<Slot>,
+    shared: Arc<Shared>,
+}
+
+/// The thread: makes the context (telling `start` the tokens per sequence, or why it
+/// could not), runs the loop, and fails whatever is left when the loop ends.
+pub(super) fn run(
+    engine: Arc<Engine>,
+    options: BatchOptions,
+    ctx_per_sequence: u32,
+    shared: Arc<Shared>,
+    ready: Sender<Result<u32>>,
+) {
+    let parallel = options.parallel;
+    let ctx = match engine.parallel_context(&options.context, ctx_per_sequence, parallel) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut worker = Worker::new(&engine, ctx, parallel as usize, shared);
+    let _ = ready.send(Ok(worker.ctx_per_sequence as u32));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
+    let reason = match outcome {
+        Ok(()) => "the server is shutting down".to_owned(),
+        Err(_) => "the batching loop failed (a bug in glm or llama.cpp)".to_owned(),
+    };
+    worker.end(reason);
+}
+
+impl<'e> Worker<'e> {
+    fn new(engine: &'e Engine, ctx: LlamaContext<'e>, parallel: usize, shared: Arc<Shared>) -> Self {
+        let n_batch = ctx.n_batch().max(1) as usize;
+        // Non-unified KV: every sequence has an equal share of the cells.
+        let ctx_per_sequence = ctx.n_ctx() as usize / parallel;
+        shared
+            .kv_cells_total
+            .store((ctx_per_sequence * parallel) as u64, Ordering::Relaxed);
+        let slots = (0..parallel)
+            .map(|seq| Slot {
+                seq: seq as i32,
+                cached: Vec::new(),
+                job: None,
+            })
+            .collect();
+        Worker {
+            engine,
+            ctx,
+            batch: LlamaBatch::new(n_batch, 1),
+            n_batch,
+            ctx_per_sequence,
+            slots,
+            shared,
+        }
+    }
+
+    fn run(&mut self) {
+        while self.admit_or_wait() {
+            self.drop_cancelled();
+            self.step();
+            self.publish();
+        }
+    }
+
+    /// Starts queued jobs in idle sequences; waits while there is nothing to do. False
+    /// once the scheduler is closed.
+    fn admit_or_wait(&mut self) -> bool {
+        let taken = {
+            let mut state = self.shared.lock();
+            loop {
+                state.jobs.retain(|queued| {
+                    let keep = !queued.is_cancelled();
+                    if !keep {
+                        let _ = queued.events.send(super::JobEvent::Finished(cancelled_while_queued(queued)));
+                    }
+                    keep
+                });
+                if !state.open {
+                    return false;
+                }
+                let idle = self.idle_slots();
+                if idle < self.slots.len() || !state.jobs.is_empty() {
+                    let take = idle.min(state.jobs.len());
+                    state.idle_slots = idle - take;
+                    break state.jobs.drain(..take).collect::<Vec<_>>();
+                }
+                state = self.shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let placed_all = taken.into_iter().fold(true, |ok, queued| self.place(queued) && ok);
+        if !placed_all {
+            self.shared.lock().idle_slots = self.idle_slots();
+        }
+        true
+    }
+
+    fn idle_slots(&self) -> usize {
+        self.slots.iter().filter(|s| s.job.is_none()).count()
+    }
+
+    /// Puts a job in the idle sequence whose cache shares the longest prefix with its
+    /// prompt, dropping the rest of that cache. False when the job was refused.
+    fn place(&mut self, queued: Queued) -> bool {
+        let mut job = match Running::new(self.engine, queued, self.ctx_per_sequence) {
+            Ok(job) => job,
+            Err((queued, reason)) => {
+                let _ = queued.events.send(super::JobEvent::Failed(reason));
+                return false;
+            }
+        };
+        let Some(index) = self.best_slot(&job.prompt) else {
+            job.fail("no sequence was free (a bug in glm)".to_owned());
+            return false;
+        };
+        // At least the last prompt token is evaluated again, for fresh logits.
+        let common = common_prefix(&self.slots[index].cached, &job.prompt).min(job.prompt.len() - 1);
+        let reused = self.forget_from(index, common);
+        job.start(reused);
+        self.slots[index].job = Some(job);
+        true
+    }
+
+    fn best_slot(&self, prompt: &[LlamaToken]) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.job.is_none())
+            .max_by_key(|(_, slot)| common_prefix(&slot.cached, prompt))
+            .map(|(index, _)| index)
+    }
+
+    /// Drops a sequence's cache from `position` on; returns the tokens kept (none when
+    /// llama.cpp cannot cut this cache part way).
+    fn forget_from(&mut self, index: usize, position: usize) -> usize {
+        let slot = &mut self.slots[index];
+        let seq = Some(slot.seq as u32);
+        if position < slot.cached.len() || position == 0 {
+            let cut = self.ctx.clear_kv_cache_seq(seq, Some(position as u32), None);
+            if !matches!(cut, Ok(true)) {
+                let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
+                slot.cached.clear();
+                return 0;
+            }
+            slot.cached.truncate(position);
+        }
+        slot.cached.len()
+    }
+
+    /// Ends jobs whose requester cancelled or went away; their sequences keep their
+    /// caches for prefix reuse.
+    fn drop_cancelled(&mut self) {
+        for slot in &mut self.slots {
+            if slot.job.as_ref().is_some_and(Running::is_cancelled) {
+                if let Some(job) = slot.job.take() {
+                    job.finish(JobStop::Cancelled);
+                }
+            }
+        }
+    }
+
+    /// One decode: the pending token of every generating job, then prompt tokens while
+    /// the batch has room; then every job with logits samples.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut outputs = Vec::new();
+        let mut in_batch = Vec::new();
+        let filled = self.fill(&mut outputs, &mut in_batch);
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        let decoded = filled.and_then(|()| {
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| anyhow!("llama.cpp failed to evaluate the batch: {e}"))
+        });
+        if let Err(e) = decoded {
+            for index in in_batch {
+                self.fail_slot(index, format!("{e:#}"));
+            }
+            return;
+        }
+        for (index, logits_index) in outputs {
+            self.sample(index, logits_index);
+        }
+    }
+
+    /// Adds the step's tokens to the batch (and to the slots' caches), noting which
+    /// slots take part and where their logits will be.
+    fn fill(&mut self, outputs: &mut Vec<(usize, i32)>, in_batch: &mut Vec<usize>) -> Result<()> {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(token) = slot.job.as_mut().and_then(|job| job.next.take()) else {
+                continue;
+            };
+            in_batch.push(index);
+            self.batch.add(token, slot.cached.len() as i32, &[slot.seq], true)?;
+            slot.cached.push(token);
+            outputs.push((index, self.batch.n_tokens() - 1));
+        }
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let room = self.n_batch.saturating_sub(self.batch.n_tokens() as usize);
+            let Some(job) = slot.job.as_mut().filter(|job| !job.prompt_done()) else {
+                continue;
+            };
+            if room == 0 {
+                break;
+            }
+            in_batch.push(index);
+            let chunk = (job.prompt.len() - job.evaluated).min(room);
+            let last = job.prompt.len() - 1;
+            for position in job.evaluated..job.evaluated + chunk {
+                let token = job.prompt[position];
+                self.batch.add(token, position as i32, &[slot.seq], position == last)?;
+                slot.cached.push(token);
+            }
+            job.evaluated += chunk;
+            self.shared
+                .prompt_tokens_total
+                .fetch_add(chunk as u64, Ordering::Relaxed);
+            if job.prompt_done() {
+                outputs.push((index, self.batch.n_tokens() - 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples a slot's next token from its logits and decides whether it goes on.
+    fn sample(&mut self, index: usize, logits_index: i32) {
+        let slot = &mut self.slots[index];
+        let Some(job) = slot.job.as_mut() else {
+            return;
+        };
+        if !job.has_room() {
+            return self.finish(index, JobStop::MaxTokens);
+        }
+        if slot.cached.len() >= self.ctx_per_sequence {
+            return self.finish(index, JobStop::ContextFull);
+        }
+        let logits = self.ctx.get_logits_ith(logits_index);
+        match job.sample(self.engine, logits) {
+            Err(e) => self.fail_slot(index, format!("{e:#}")),
+            Ok((_, Sampled::Stop(stop))) => self.count_and_finish(index, stop),
+            // The token would take the last cell: no room to sample after it.
+            Ok((_, Sampled::Continue)) if slot.cached.len() + 1 >= self.ctx_per_sequence => {
+                self.count_and_finish(index, JobStop::ContextFull)
+            }
+            Ok((token, Sampled::Continue)) => {
+                job.next = Some(token);
+                self.shared.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn count_and_finish(&mut self, index: usize, stop: JobStop) {
+        if stop != JobStop::EndOfTurn {
+            self.shared.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.finish(index, stop);
+    }
+
+    fn finish(&mut self, index: usize, stop: JobStop) {
+        if let Some(job) = self.slots[index].job.take() {
+            job.finish(stop);
+        }
+    }
+
+    /// Fails a slot's job and forgets its cache, which may hold tokens llama.cpp did not
+    /// evaluate.
+    fn fail_slot(&mut self, index: usize, reason: String) {
+        let slot = &mut self.slots[index];
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        slot.cached.clear();
+        if let Some(job) = slot.job.take() {
+            job.fail(reason);
+        }
+    }
+
+    /// Tells `submit` and `stats` how things stand after a step.
+    fn publish(&mut self) {
+        let used: usize = self.slots.iter().map(|s| s.cached.len()).sum();
+        self.shared.kv_cells_used.store(used as u64, Ordering::Relaxed);
+        self.shared.lock().idle_slots = self.idle_slots();
+    }
+
+    /// Fails the running and the queued jobs; later submissions fail at once.
+    fn end(&mut self, reason: String) {
+        for slot in &mut self.slots {
+            if let Some(job) = slot.job.take() {
+                job.fail(reason.clone());
+            }
+        }
+        let queued: Vec<Queued> = {
+            let mut state = self.shared.lock();
+            state.ended = Some(reason.clone());
+            state.idle_slots = 0;
+            state.jobs.drain(..).collect()
+        };
+        for queued in queued {
+            let _ = queued.events.send(super::JobEvent::Failed(reason.clone()));
+        }
+    }
+}
+
+fn cancelled_while_queued(queued: &Queued) -> super::JobSummary {
+    super::JobSummary {
+        stop: JobStop::Cancelled,
+        prompt_tokens: queued.job.prompt.len(),
+        cached_tokens: 0,
+        generated_tokens: 0,
+        prompt_time: Default::default(),
+        generation_time: Default::default(),
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
