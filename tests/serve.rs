@@ -519,7 +519,19 @@ fn endless(server: &Server) -> impl Read {
 
 #[test]
 fn a_full_queue_answers_503_and_a_client_gone_frees_its_slot() {
-    let server = Server::start(&[&tiny()], &["--parallel", "1", "--queue", "0", "-c", "32768"]);
+    let server = Server::start(
+        &[&tiny()],
+        &[
+            "--alias",
+            "glm4moe-tiny",
+            "--parallel",
+            "1",
+            "--queue",
+            "0",
+            "-c",
+            "32768",
+        ],
+    );
     let running = endless(&server);
     let (status, text, retry) = server.post_raw("/v1/chat/completions", &chat_request("hi", 2).to_string(), &[]);
     assert_eq!(status, 503, "{text}");

@@ -311,7 +311,10 @@ impl Scheduler {
     pub fn stats(&self) -> BatchStats {
         let (running, queued) = {
             let state = self.shared.lock();
-            (self.shared.parallel - state.idle_slots.min(self.shared.parallel), state.waiting())
+            (
+                self.shared.parallel - state.idle_slots.min(self.shared.parallel),
+                state.waiting(),
+            )
         };
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         BatchStats {

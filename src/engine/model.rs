@@ -246,9 +246,12 @@ impl Engine {
             params = params.with_n_batch(n_seq);
         }
         log::start_capture();
-        self.model
-            .new_context(backend()?, params)
-            .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_seq} × {per_sequence} tokens"), e))
+        self.model.new_context(backend()?, params).map_err(|e| {
+            refusal(
+                format!("cannot create a llama.cpp context of {n_seq} × {per_sequence} tokens"),
+                e,
+            )
+        })
     }
 
     /// Evaluates `tokens` (in batches) and returns the logits of every position when

@@ -231,6 +231,9 @@ fn logprob(engine: &Engine, logits: &[f32], token: LlamaToken, top: usize) -> To
     TokenLogprob {
         text: text_of(token),
         logprob: of(token.0 as usize),
-        top: ids.into_iter().map(|id| (text_of(LlamaToken(id as i32)), of(id))).collect(),
+        top: ids
+            .into_iter()
+            .map(|id| (text_of(LlamaToken(id as i32)), of(id)))
+            .collect(),
     }
 }

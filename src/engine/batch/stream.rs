@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn the_earliest_stop_string_wins() {
         let mut p = pending(&["world", "lo w"]);
-        assert_eq!(texts(&mut p, &["hello world"]), ("hel".to_owned(), Some("lo w".to_owned())));
+        assert_eq!(
+            texts(&mut p, &["hello world"]),
+            ("hel".to_owned(), Some("lo w".to_owned()))
+        );
     }
 
     #[test]

@@ -102,7 +102,9 @@ impl<'e> Worker<'e> {
                 state.jobs.retain(|queued| {
                     let keep = !queued.is_cancelled();
                     if !keep {
-                        let _ = queued.events.send(super::JobEvent::Finished(cancelled_while_queued(queued)));
+                        let _ = queued
+                            .events
+                            .send(super::JobEvent::Finished(cancelled_while_queued(queued)));
                     }
                     keep
                 });
