@@ -18,6 +18,7 @@ pub mod hub;
 mod model_source;
 mod models;
 mod progress;
+mod serve;
 mod signals;
 mod terminal;
 

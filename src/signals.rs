@@ -13,6 +13,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 static INTERRUPT_CLAIMED: AtomicBool = AtomicBool::new(false);
+static TERMINATION_CLAIMED: AtomicBool = AtomicBool::new(false);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Starts the signal thread; call once, first thing.
@@ -24,10 +25,12 @@ pub fn install() -> Result<()> {
             for signal in signals.forever() {
                 // A second Ctrl-C before the first was handled ends the program, as in
                 // llama.cpp: the work in progress did not stop soon enough.
-                if signal == SIGINT
-                    && INTERRUPT_CLAIMED.load(Ordering::SeqCst)
-                    && !INTERRUPTED.swap(true, Ordering::SeqCst)
-                {
+                let claimed = match signal {
+                    SIGINT => INTERRUPT_CLAIMED.load(Ordering::SeqCst),
+                    SIGTERM => TERMINATION_CLAIMED.load(Ordering::SeqCst),
+                    _ => false,
+                };
+                if claimed && !INTERRUPTED.swap(true, Ordering::SeqCst) {
                     continue;
                 }
                 glm_convert::files::remove_partial_files();
@@ -42,6 +45,13 @@ pub fn install() -> Result<()> {
 /// one, while the flag is still set, ends it).
 pub fn claim_interrupts() {
     INTERRUPT_CLAIMED.store(true, Ordering::SeqCst);
+}
+
+/// As [`claim_interrupts`], for SIGTERM too: `glm serve` stops its listener and its
+/// model threads itself instead of ending the process under them.
+pub fn claim_termination() {
+    INTERRUPT_CLAIMED.store(true, Ordering::SeqCst);
+    TERMINATION_CLAIMED.store(true, Ordering::SeqCst);
 }
 
 /// True once Ctrl-C was pressed since the last [`take_interrupt`] or [`clear_interrupt`].

@@ -58,6 +58,7 @@ impl Command {
             Command::Chat(args) => Some(&args.model.context),
             Command::Logits(args) => Some(&args.model.context),
             Command::Bench(args) => Some(&args.model.context),
+            Command::Serve(args) => Some(&args.context),
             _ => None,
         }
     }
@@ -117,6 +118,9 @@ enum Command {
     Bench(BenchArgs),
     /// List the devices llama.cpp can use, with their free and total memory.
     Devices,
+    /// Serve models over HTTP: OpenAI's chat and completions API and Anthropic's messages
+    /// API, several requests decoded together.
+    Serve(ServeArgs),
     /// Show how a model reference resolves: path, store, catalogue, Hugging Face cache,
     /// download.
     Which(WhichArgs),
@@ -524,6 +528,54 @@ pub enum BenchFormat {
     Csv,
 }
 
+/// `glm serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The models to serve, as `glm run` takes them; the first answers requests that name
+    /// none.
+    #[arg(value_name = "MODEL", required = true)]
+    pub models: Vec<PathBuf>,
+    /// Quantization preset for checkpoint folders, converted once into the cache.
+    #[arg(long, value_name = "PRESET", help_heading = "Model")]
+    pub quant: Option<String>,
+    /// The name a model is served as, in the order of the models [default: the reference
+    /// as typed, or a file's stem].
+    #[arg(long = "alias", value_name = "NAME", help_heading = "Model")]
+    pub aliases: Vec<String>,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Address to listen on; anything but a loopback address needs --api-key to be safe.
+    #[arg(long, default_value = "127.0.0.1", help_heading = "Server")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the start line says which).
+    #[arg(long, default_value_t = 8080, help_heading = "Server")]
+    pub port: u16,
+    /// Requests decoded together per model; each gets --ctx-size tokens of context.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256), help_heading = "Server")]
+    pub parallel: u32,
+    /// Requests that may wait for a free slot per model; more are refused with 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=1_000_000), help_heading = "Server")]
+    pub queue: u32,
+    /// Require this key (`Authorization: Bearer KEY` or `x-api-key: KEY`) on every
+    /// route but /health.
+    #[arg(
+        long = "api-key",
+        env = "GLM_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        help_heading = "Server"
+    )]
+    pub api_key: Option<String>,
+    /// Allow browsers on this origin (repeatable; `*` for any) [default: no CORS].
+    #[arg(long = "cors", value_name = "ORIGIN", help_heading = "Server")]
+    pub cors: Vec<String>,
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 32 << 20, help_heading = "Server")]
+    pub max_body: usize,
+}
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The GGUF file.
@@ -749,6 +801,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Devices => commands::devices::run(),
+        Command::Serve(args) => commands::serve::run(&args),
         Command::Which(args) => commands::models::which(&args),
         Command::Pull(args) => commands::models::pull(&args),
         Command::Models(args) => commands::models::run(&args),

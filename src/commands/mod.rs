@@ -14,6 +14,7 @@ pub mod quantize;
 pub mod reply;
 pub mod run;
 pub(crate) mod sampling;
+pub mod serve;
 pub mod tokenize;
 
 use std::io::{IsTerminal, Read};
@@ -25,7 +26,7 @@ use crate::chat::{ChatTemplate, Conversation, RenderOptions};
 use crate::cli::{ContextArgs, DraftArgs, ModelArgs, PlacementArgs, PromptArgs, PromptInput, PromptSource};
 use crate::engine::{ContextOptions, DraftOptions, Engine, GpuLayers, LoadOptions, Placement};
 
-pub use sampling::{sampling, SamplingSources};
+pub use sampling::{default_sampling, sampling, SamplingSources};
 
 const MAX_TOOLS_BYTES: u64 = 16 << 20;
 
@@ -45,9 +46,16 @@ pub fn tool_definitions(format: &PromptArgs) -> Result<Option<serde_json::Value>
 
 /// The template variables every render passes: thinking switch, BOS/EOS texts, tools.
 pub fn render_options(engine: &Engine, format: &PromptArgs, enable_thinking: Option<bool>) -> Result<RenderOptions> {
+    let mut options = template_variables(engine, enable_thinking);
+    options.tools = tool_definitions(format)?;
+    Ok(options)
+}
+
+/// The template variables every render passes but the tools: generation prompt, thinking
+/// switch, BOS/EOS texts (shared by `run`, `chat` and `serve`).
+pub fn template_variables(engine: &Engine, enable_thinking: Option<bool>) -> RenderOptions {
     let mut options = RenderOptions {
         add_generation_prompt: true,
-        tools: tool_definitions(format)?,
         ..Default::default()
     };
     if let Some(thinking) = enable_thinking {
@@ -65,7 +73,7 @@ pub fn render_options(engine: &Engine, format: &PromptArgs, enable_thinking: Opt
             options.extra.insert(variable.into(), text.into());
         }
     }
-    Ok(options)
+    options
 }
 
 /// The model's chat template, compiled.

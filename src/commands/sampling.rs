@@ -118,19 +118,7 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
         args.repeat_penalty.map(f64::from),
         args.repeat_last_n.map(f64::from),
     ];
-    let mut values = [0.0; 6];
-    let mut sources = Vec::new();
-    for (i, (flag, default)) in flags.iter().zip(&DEFAULTS).enumerate() {
-        let in_file = engine.metadata(default.key).and_then(|text| (default.check)(&text));
-        let (value, source) = match (flag, in_file) {
-            (Some(v), _) if args.from_config.contains(&default.arg) => (*v, Source::Config),
-            (Some(v), _) => (*v, Source::Flag),
-            (None, Some(v)) => (v, Source::Model),
-            (None, None) => (default.builtin, Source::Builtin),
-        };
-        values[i] = value;
-        sources.push((default.name, source));
-    }
+    let (values, sources) = resolve(&flags, &args.from_config, engine);
     let sampling = Sampling {
         temperature: values[0] as f32,
         top_k: values[1] as i32,
@@ -142,6 +130,40 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
         ignore_eos: args.ignore_eos,
     };
     (sampling, SamplingSources(sources))
+}
+
+/// The sampling when no flag or config file speaks: the model's defaults, then glm's
+/// (`glm serve`, whose requests set their own values on top).
+pub fn default_sampling(engine: &Engine) -> Sampling {
+    let (values, _) = resolve(&[None; 6], &[], engine);
+    Sampling {
+        temperature: values[0] as f32,
+        top_k: values[1] as i32,
+        top_p: values[2] as f32,
+        min_p: values[3] as f32,
+        repeat_penalty: values[4] as f32,
+        repeat_last_n: values[5] as i32,
+        seed: fresh_seed(),
+        ignore_eos: false,
+    }
+}
+
+/// Each of [`DEFAULTS`]: the flag's value, else the model's, else glm's.
+fn resolve(flags: &[Option<f64>; 6], from_config: &[&str], engine: &Engine) -> ([f64; 6], Vec<(&'static str, Source)>) {
+    let mut values = [0.0; 6];
+    let mut sources = Vec::new();
+    for (i, (flag, default)) in flags.iter().zip(&DEFAULTS).enumerate() {
+        let in_file = engine.metadata(default.key).and_then(|text| (default.check)(&text));
+        let (value, source) = match (flag, in_file) {
+            (Some(v), _) if from_config.contains(&default.arg) => (*v, Source::Config),
+            (Some(v), _) => (*v, Source::Flag),
+            (None, Some(v)) => (v, Source::Model),
+            (None, None) => (default.builtin, Source::Builtin),
+        };
+        values[i] = value;
+        sources.push((default.name, source));
+    }
+    (values, sources)
 }
 
 /// The seed to sample with: `seed` itself, or a fresh one for [`cli::RANDOM_SEED`].

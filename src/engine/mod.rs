@@ -6,6 +6,7 @@
 //! `quantize` wraps ggml's quantization kernels.
 
 pub mod batch;
+mod grammar;
 mod log;
 mod model;
 mod options;
@@ -18,6 +19,7 @@ mod session;
 mod speculative;
 mod vision;
 
+pub use grammar::{json_object_grammar, json_schema_grammar};
 pub use log::show_llama_log;
 pub use model::{use_numa, Engine};
 pub use options::{

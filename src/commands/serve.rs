@@ -1,0 +1,171 @@
+//! `glm serve`: loads each model, starts its continuous-batching scheduler, and serves
+//! the HTTP API (`crate::serve`) until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::chat::ChatTemplate;
+use crate::cli::ServeArgs;
+use crate::engine::batch::{BatchOptions, Scheduler};
+use crate::engine::{Engine, DEFAULT_CTX};
+use crate::serve::{ServedModel, ServerState};
+
+/// How long requests still running at shutdown may take to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let names = served_names(&args.models, &args.aliases)?;
+    if args.api_key.as_deref() == Some("") {
+        bail!("--api-key is empty");
+    }
+    let mut models = Vec::new();
+    for (reference, name) in args.models.iter().zip(names) {
+        models.push(Arc::new(load(args, reference, name)?));
+    }
+    let state = Arc::new(ServerState::new(models, args.api_key.clone(), args.cors.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("glm-serve")
+        .build()
+        .context("starting the server's threads")?;
+    // Ctrl-C and SIGTERM only raise a flag from here on: the server then stops on its
+    // own, its model threads ended in order rather than under a process exit.
+    crate::signals::claim_termination();
+    let served = runtime.block_on(listen_and_serve(args, state.clone()));
+    eprintln!("glm serve: stopping");
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    drop(state);
+    served
+}
+
+async fn listen_and_serve(args: &ServeArgs, state: Arc<ServerState>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let address = listener.local_addr().context("reading the listening address")?;
+    warn_if_exposed(address, state.api_key.is_some());
+    let names: Vec<&str> = state.models.iter().map(|m| m.name.as_str()).collect();
+    eprintln!(
+        "glm serve: listening on http://{address} (models: {})",
+        names.join(", ")
+    );
+    crate::serve::serve(listener, state, args.max_body, stop_requested())
+        .await
+        .context("serving HTTP")
+}
+
+/// Completes once Ctrl-C or SIGTERM arrived.
+async fn stop_requested() {
+    while !crate::signals::interrupted() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn warn_if_exposed(address: SocketAddr, has_key: bool) {
+    if address.ip().is_loopback() {
+        return;
+    }
+    if has_key {
+        eprintln!("glm serve: note: listening on {address}, reachable from other machines; requests need the API key");
+    } else {
+        eprintln!(
+            "glm serve: WARNING: listening on {address} WITHOUT an API key: anyone who can reach this machine can use the models. Give --api-key (or GLM_API_KEY), or listen on 127.0.0.1."
+        );
+    }
+}
+
+/// The names the models are served as: `--alias` in order, else the reference as typed
+/// (a file's stem for a path).
+fn served_names(models: &[std::path::PathBuf], aliases: &[String]) -> Result<Vec<String>> {
+    if aliases.len() > models.len() {
+        bail!("{} --alias names for {} models", aliases.len(), models.len());
+    }
+    let names: Vec<String> = models
+        .iter()
+        .enumerate()
+        .map(|(i, model)| aliases.get(i).cloned().unwrap_or_else(|| default_name(model)))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            bail!("two models would be served as {name:?}; name them apart with --alias");
+        }
+    }
+    Ok(names)
+}
+
+fn default_name(model: &Path) -> String {
+    let is_file = model.is_file() || model.extension().is_some_and(|e| e == "gguf");
+    match model.file_stem() {
+        Some(stem) if is_file => stem.to_string_lossy().into_owned(),
+        _ => model.to_string_lossy().trim_end_matches('/').to_owned(),
+    }
+}
+
+fn load(args: &ServeArgs, reference: &Path, name: String) -> Result<ServedModel> {
+    let path = crate::model_source::resolve(reference, args.quant.as_deref())?;
+    let options = super::load_options(&args.placement, &args.context);
+    let context = super::context_options(&args.context, None);
+    if args.context.dry_run {
+        let plan = crate::engine::plan(&path, &options, &context)?;
+        println!("{}\n{plan}", path.display());
+        return Err(anyhow::anyhow!("--dry-run: the server was not started"));
+    }
+    let engine = Arc::new(Engine::load(&path, &options).with_context(|| format!("loading {name}"))?);
+    let template = match engine.chat_template() {
+        Some(source) => Some(Arc::new(
+            ChatTemplate::new(&source).with_context(|| format!("{name}: the chat template"))?,
+        )),
+        None => {
+            eprintln!("glm serve: note: {name} has no chat template; only /v1/completions works with it");
+            None
+        }
+    };
+    let ctx_per_sequence = args.context.ctx_size.unwrap_or(DEFAULT_CTX.min(engine.n_ctx_train()));
+    let scheduler = Scheduler::start(
+        engine.clone(),
+        BatchOptions {
+            parallel: args.parallel,
+            ctx_per_sequence,
+            queue_limit: args.queue as usize,
+            context,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{name}: starting {} sequences of {ctx_per_sequence} tokens",
+            args.parallel
+        )
+    })?;
+    Ok(ServedModel {
+        name,
+        defaults: super::default_sampling(&engine),
+        engine,
+        scheduler,
+        template,
+        metrics: Default::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_aliases_then_references() {
+        let models = ["models/GLM-4.7-Flash-Q4_K_M.gguf".into(), "glm-4.5-air".into()];
+        assert_eq!(
+            served_names(&models, &[]).unwrap(),
+            ["GLM-4.7-Flash-Q4_K_M", "glm-4.5-air"]
+        );
+        assert_eq!(
+            served_names(&models, &["flash".into()]).unwrap(),
+            ["flash", "glm-4.5-air"]
+        );
+        assert!(served_names(&models, &["a".into(), "a".into()]).is_err());
+        assert!(served_names(&models[..1], &["a".into(), "b".into()]).is_err());
+    }
+}
