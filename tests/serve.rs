@@ -314,6 +314,29 @@ fn tools_are_rendered_into_the_prompt() {
         body["usage"]["prompt_tokens"].as_u64(),
         Some(engine.tokenize(&rendered).len() as u64)
     );
+    // The round trip: the call the model made and the tool's result go back in, the
+    // arguments as the object GLM's templates read (OpenAI sends them as a JSON string).
+    let mut round_trip = request.clone();
+    round_trip["messages"] = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
+    ]);
+    let (status, answered) = server.post("/v1/chat/completions", &round_trip);
+    assert_eq!(status, 200, "{answered}");
+    let messages = [
+        json!({"role": "user", "content": "Weather in Paris?"}),
+        json!({"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}),
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}),
+    ];
+    let rendered = template.render(&messages, &options).expect("render");
+    assert!(rendered.contains("Paris") && rendered.contains("temp"), "{rendered}");
+    assert_eq!(
+        answered["usage"]["prompt_tokens"].as_u64(),
+        Some(engine.tokenize(&rendered).len() as u64)
+    );
     // tool_choice none renders no tools: a shorter prompt.
     request["tool_choice"] = json!("none");
     let (_, without) = server.post("/v1/chat/completions", &request);
@@ -594,8 +617,18 @@ fn health_metrics_and_the_request_log() {
 
 #[test]
 fn concurrent_requests_answer_as_they_would_alone() {
-    let server = served(&[]);
-    let prompts = ["The sky is", "Numbers: one two"];
+    // Eight clients, four sequences: half of them wait in the queue for a free one.
+    let server = Server::start(&[&tiny()], &["--alias", "glm4moe-tiny", "--parallel", "4"]);
+    let prompts = [
+        "The sky is",
+        "Numbers: one two",
+        "Write a haiku",
+        "Hello there",
+        "What is Rust?",
+        "Name a colour",
+        "Count to five",
+        "Tell me a joke",
+    ];
     let alone: Vec<Value> = prompts
         .iter()
         .map(|p| {
