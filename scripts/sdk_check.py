@@ -52,8 +52,9 @@ def main() -> int:
         print(f"ok   openai unknown model: {e.status_code}")
 
     claude = anthropic.Anthropic(base_url=args.base_url, api_key="unused")
-    message_args = dict(model=args.model, max_tokens=args.max_tokens, temperature=0,
-                        messages=messages, thinking={"type": "disabled"})
+    # Through extra_body: SDK versions differ in which sampling fields they take.
+    message_args = dict(model=args.model, max_tokens=args.max_tokens, messages=messages,
+                        extra_body={"temperature": 0, "thinking": {"type": "disabled"}})
     message = claude.messages.create(**message_args)
     check("anthropic messages", "".join(b.text for b in message.content if b.type == "text"))
     with claude.messages.stream(**message_args) as stream:
