@@ -119,23 +119,12 @@ pub fn sampling(args: &GenerationArgs, engine: &Engine) -> (Sampling, SamplingSo
         args.repeat_last_n.map(f64::from),
     ];
     let (values, sources) = resolve(&flags, &args.from_config, engine);
-    let sampling = Sampling {
-        temperature: values[0] as f32,
-        top_k: values[1] as i32,
-        top_p: values[2] as f32,
-        min_p: values[3] as f32,
-        repeat_penalty: values[4] as f32,
-        repeat_last_n: values[5] as i32,
-        seed: drawn_seed(args.seed.unwrap_or(cli::RANDOM_SEED)),
-        ignore_eos: args.ignore_eos,
-    };
-    (sampling, SamplingSources(sources))
+    let seed = drawn_seed(args.seed.unwrap_or(cli::RANDOM_SEED));
+    (with_values(values, seed, args.ignore_eos), SamplingSources(sources))
 }
 
-/// The sampling when no flag or config file speaks: the model's defaults, then glm's
-/// (`glm serve`, whose requests set their own values on top).
-pub fn default_sampling(engine: &Engine) -> Sampling {
-    let (values, _) = resolve(&[None; 6], &[], engine);
+/// A sampling from the [`DEFAULTS`]-ordered values.
+fn with_values(values: [f64; 6], seed: u32, ignore_eos: bool) -> Sampling {
     Sampling {
         temperature: values[0] as f32,
         top_k: values[1] as i32,
@@ -143,9 +132,16 @@ pub fn default_sampling(engine: &Engine) -> Sampling {
         min_p: values[3] as f32,
         repeat_penalty: values[4] as f32,
         repeat_last_n: values[5] as i32,
-        seed: fresh_seed(),
-        ignore_eos: false,
+        seed,
+        ignore_eos,
     }
+}
+
+/// The sampling when no flag or config file speaks: the model's defaults, then glm's
+/// (`glm serve`, whose requests set their own values on top).
+pub fn default_sampling(engine: &Engine) -> Sampling {
+    let (values, _) = resolve(&[None; 6], &[], engine);
+    with_values(values, fresh_seed(), false)
 }
 
 /// Each of [`DEFAULTS`]: the flag's value, else the model's, else glm's.
