@@ -402,3 +402,23 @@ fn logprobs_are_log_probabilities_of_the_chosen_and_best_tokens() {
     assert_eq!(plain.text, outcome.text);
     assert!(plain.logprobs.is_empty());
 }
+
+/// A job's sequence is free by the time the job hears it finished: a client that reads
+/// `stats` (or sends its next request) right after the answer never finds it busy.
+#[test]
+fn a_finished_job_has_freed_its_sequence() {
+    let scheduler = scheduler(1, 0);
+    for round in 0..20 {
+        let outcome = collect(scheduler.submit(job("Hello", 2)).expect("submit"));
+        assert_eq!(summary(&outcome).generated_tokens, 2);
+        assert_eq!(
+            scheduler.stats().running,
+            0,
+            "round {round}: still running after Finished"
+        );
+        // With no queue, the next job is refused unless the sequence is free already.
+        let next = scheduler.submit(job("Hi", 1));
+        assert!(next.is_ok(), "round {round}: the sequence was not free");
+        collect(next.expect("checked"));
+    }
+}

@@ -189,12 +189,19 @@ impl<'e> Worker<'e> {
     /// Ends jobs whose requester cancelled or went away; their sequences keep their
     /// caches for prefix reuse.
     fn drop_cancelled(&mut self) {
-        for slot in &mut self.slots {
-            if slot.job.as_ref().is_some_and(Running::is_cancelled) {
-                if let Some(job) = slot.job.take() {
-                    job.finish(JobStop::Cancelled);
-                }
-            }
+        let cancelled: Vec<Running> = self
+            .slots
+            .iter_mut()
+            .filter(|slot| slot.job.as_ref().is_some_and(Running::is_cancelled))
+            .filter_map(|slot| slot.job.take())
+            .collect();
+        if cancelled.is_empty() {
+            return;
+        }
+        // Free first, then tell, as in `finish`.
+        self.publish();
+        for job in cancelled {
+            job.finish(JobStop::Cancelled);
         }
     }
 
@@ -297,8 +304,11 @@ impl<'e> Worker<'e> {
         self.finish(index, stop);
     }
 
+    /// The slot is free before the job hears it has finished: a client that sends its
+    /// next request (or reads `stats`) on the answer must find the sequence free.
     fn finish(&mut self, index: usize, stop: JobStop) {
         if let Some(job) = self.slots[index].job.take() {
+            self.publish();
             job.finish(stop);
         }
     }
@@ -310,6 +320,7 @@ impl<'e> Worker<'e> {
         let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
         slot.cached.clear();
         if let Some(job) = slot.job.take() {
+            self.publish();
             job.fail(reason);
         }
     }
