@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds the reference tools (llama-bench, llama-completion) from the same llama.cpp
-# source that glm links, with the same build options, for BENCHMARKS.md.
+# Builds the reference tools (llama-bench, llama-completion, llama-server) from the same
+# llama.cpp source that glm links, with the same build options, for BENCHMARKS.md.
 #
 # The llama-cpp-sys-2 crate vendors llama.cpp without the sources of its tools/; the PyPI
 # sdist of llama-cpp-python 0.3.36 has them. This script copies the crate's tree to a
 # scratch folder outside the repository, puts the sdist's tools/llama-bench,
-# tools/completion and tools/quantize sources in, replaces tools/CMakeLists.txt (which
-# names tools that are not there) by one that adds only those three, and builds with
-# CMake. Nothing of llama.cpp is written into this repository.
+# tools/completion, tools/quantize, tools/mtmd, tools/server and tools/ui sources in
+# (the server without its web UI), replaces tools/CMakeLists.txt (which names tools that
+# are not there) by one that adds only those, and builds with CMake. Nothing of
+# llama.cpp is written into this repository.
 #
 # Build options: the same as llama-cpp-sys-2's build.rs uses for glm. When glm's release
 # build exists, the values are read from its CMakeCache.txt; otherwise the defaults below
@@ -43,8 +44,8 @@ done
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bench_home=${GLM_BENCH_HOME:-$HOME/.cache/glm-bench}
 sdist_version=0.3.36
-tools=(llama-bench completion quantize)
-targets=(llama-bench llama-completion)
+tools=(llama-bench completion quantize mtmd server ui)
+targets=(llama-bench llama-completion llama-server)
 
 command -v cmake >/dev/null || die "cmake is missing (scripts/setup.sh installs it)"
 command -v c++ >/dev/null || die "a C++ compiler is missing (scripts/setup.sh installs it)"
@@ -62,7 +63,7 @@ fi
 # --- the sdist --------------------------------------------------------------------------
 sdist_dir=$bench_home/sdist
 sdist_tree=$sdist_dir/llama_cpp_python-$sdist_version
-if [ ! -d "$sdist_tree/vendor/llama.cpp/tools/llama-bench" ]; then
+if [ ! -f "$sdist_tree/vendor/llama.cpp/scripts/ui-assets.cmake" ]; then
     mkdir -p "$sdist_dir"
     tarball=$sdist_dir/llama_cpp_python-$sdist_version.tar.gz
     if [ ! -f "$tarball" ]; then
@@ -74,6 +75,7 @@ if [ ! -d "$sdist_tree/vendor/llama.cpp/tools/llama-bench" ]; then
     [ -f "$tarball" ] || die "pip did not write $tarball"
     tar -xzf "$tarball" -C "$sdist_dir" \
         "llama_cpp_python-$sdist_version/vendor/llama.cpp/tools" \
+        "llama_cpp_python-$sdist_version/vendor/llama.cpp/scripts/ui-assets.cmake" \
         || die "could not extract the tools from $tarball"
 fi
 sdist_tools=$sdist_tree/vendor/llama.cpp/tools
@@ -91,6 +93,17 @@ if [ "$(cat "$src/.glm-bench-stamp" 2>/dev/null)" != "$stamp" ]; then
         rm -rf "${src:?}/tools/$t"
         cp -a "$sdist_tools/$t" "$src/tools/$t"
     done
+    # llama-server's UI target runs this script at build time (with the UI off it writes
+    # an empty asset table); the crate's sources leave it out.
+    mkdir -p "$src/scripts"
+    cp "$sdist_tree/vendor/llama.cpp/scripts/ui-assets.cmake" "$src/scripts/"
+    # The sdist's server is a little newer than the crate's common library: it opens its
+    # MCP config with `fs_open_ifstream`, which that library does not have yet. A plain
+    # std::ifstream does the same for the benchmark (no MCP config is given).
+    sed -i 's/std::ifstream f = fs_open_ifstream(params.mcp_servers_config, std::ios::in);/std::ifstream f(params.mcp_servers_config, std::ios::in);/' \
+        "$src/tools/server/server-mcp.cpp"
+    grep -q 'fs_open_ifstream' "$src/tools/server/server-mcp.cpp" \
+        && die "tools/server/server-mcp.cpp changed; update the patch in $0"
     # The crate's tools/CMakeLists.txt adds every tool, most of them absent here.
     {
         echo "# written by glm's scripts/bench/build-reference-tools.sh"
@@ -122,8 +135,9 @@ else
         "-DCMAKE_C_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags")
 fi
 options+=(-DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
-    -DLLAMA_BUILD_MTMD=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF)
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF
+    -DLLAMA_BUILD_MTMD=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF)
 
 build=$src/build
 printf '%s\n' "${options[@]}" > "$build.options.new"

@@ -46,6 +46,14 @@ def start(cmd, ready_pattern, log_path):
     sys.exit(f"{cmd[0]} did not start in time")
 
 
+def free_port():
+    """A port nothing listens on now (llama-server does not take port 0)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def stream_one(port, tokens, out):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     body = json.dumps({
@@ -106,7 +114,7 @@ def main():
         r"listening on http://[0-9.]+:(\d+)", "/tmp/glm-bench-serve.log")}
     if args.llama_server:
         servers["llama-server"] = start(
-            [args.llama_server, "-m", args.model, "--port", "0", "--parallel", str(args.parallel),
+            [args.llama_server, "-m", args.model, "--port", str(free_port()), "--parallel", str(args.parallel),
              "-c", str(args.ctx * args.parallel), "-t", str(args.threads), "--jinja"],
             r"listening on http://[0-9.]+:(\d+)", "/tmp/llama-bench-serve.log")
     try:
