@@ -364,6 +364,18 @@ fn text_completions_and_the_model_list() {
         .map(|m| m["id"].as_str().unwrap().to_owned().leak() as &str)
         .collect();
     assert_eq!(ids, ["tiny", "flash"]);
+    let (status, one) = server.get("/v1/models/flash");
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(parse(&one)["id"], "flash");
+    let (status, none) = server.get("/v1/models/gpt-4");
+    assert_eq!(status, 404, "{none}");
+    assert!(
+        parse(&none)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tiny, flash"),
+        "{none}"
+    );
     let (status, body) = server.post(
         "/v1/chat/completions",
         &json!({"model": "flash", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),

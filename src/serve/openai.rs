@@ -82,6 +82,15 @@ pub async fn models(State(state): State<Arc<ServerState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// `GET /v1/models/{id}`: one served model, or a 404 listing them.
+pub async fn model(
+    State(state): State<Arc<ServerState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.model(Some(&id))?;
+    Ok(Json(model_entry(&model, state.started)))
+}
+
 fn model_entry(model: &ServedModel, created: u64) -> Value {
     json!({
         "id": model.name,
