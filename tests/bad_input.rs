@@ -763,6 +763,24 @@ fn flags_and_streams_are_bounded() {
             &[],
         ),
         row(
+            "a server body limit of zero",
+            &[&"serve", &model, &"--max-body", &"0"],
+            &["--max-body", "1024"],
+            &[],
+        ),
+        row(
+            "a server with no sequences",
+            &[&"serve", &model, &"--parallel", &"0"],
+            &["--parallel", "1..="],
+            &[],
+        ),
+        row(
+            "a server address that does not resolve",
+            &[&"serve", &model, &"--host", &"nonsense.invalid", &"--port", &"0"],
+            &["nonsense.invalid", "cannot listen"],
+            &[],
+        ),
+        row(
             "a template that never ends",
             &[&"run", &nested, &"-p", &"hi"],
             &["fuel"],

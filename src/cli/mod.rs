@@ -572,7 +572,8 @@ pub struct ServeArgs {
     #[arg(long = "cors", value_name = "ORIGIN", help_heading = "Server")]
     pub cors: Vec<String>,
     /// Largest request body in bytes; larger ones get 413.
-    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 32 << 20, help_heading = "Server")]
+    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 32 << 20, help_heading = "Server",
+          value_parser = max_body)]
     pub max_body: usize,
 }
 
@@ -658,6 +659,15 @@ pub fn max_tokens(text: &str) -> Result<usize, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a count (or -1 for no limit)"))?;
     usize::try_from(value.min(u64::from(u32::MAX))).map_err(|e| e.to_string())
+}
+
+/// `--max-body`: from 1 KiB (smaller refuses every real request) to 4 GiB.
+fn max_body(text: &str) -> Result<usize, String> {
+    let value: u64 = text.parse().map_err(|_| format!("{text:?} is not a byte count"))?;
+    if !(1 << 10..=4 << 30).contains(&value) {
+        return Err(format!("{value} is outside 1024..={}", 4u64 << 30));
+    }
+    usize::try_from(value).map_err(|e| e.to_string())
 }
 
 /// llama.cpp's seed: -1 and its own 4294967295 (`LLAMA_DEFAULT_SEED`) mean a fresh one.

@@ -36,7 +36,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // own, its model threads ended in order rather than under a process exit.
     crate::signals::claim_termination();
     let served = runtime.block_on(listen_and_serve(args, state.clone()));
-    eprintln!("glm serve: stopping");
+    if served.is_ok() {
+        eprintln!("glm serve: stopping");
+    }
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     drop(state);
     served
