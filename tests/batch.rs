@@ -39,9 +39,20 @@ fn scheduler(parallel: u32, queue_limit: usize) -> Scheduler {
 }
 
 fn scheduler_with(parallel: u32, queue_limit: usize, context: ContextOptions) -> Scheduler {
+    sized_scheduler(parallel, queue_limit, 512, context)
+}
+
+/// For tests that hold a sequence with an endless job while they look: the tiny model
+/// fills 512 tokens in about 0.1 s, which a busy machine can pause a test for; 64k
+/// tokens take it many seconds.
+fn roomy_scheduler(parallel: u32, queue_limit: usize) -> Scheduler {
+    sized_scheduler(parallel, queue_limit, 65536, context())
+}
+
+fn sized_scheduler(parallel: u32, queue_limit: usize, ctx_per_sequence: u32, context: ContextOptions) -> Scheduler {
     let options = BatchOptions {
         parallel,
-        ctx_per_sequence: 512,
+        ctx_per_sequence,
         queue_limit,
         context,
     };
@@ -225,7 +236,7 @@ fn sampled_jobs_draw_what_the_single_sequence_path_draws() {
 
 #[test]
 fn the_loop_ends_with_the_last_scheduler_and_fails_what_runs() {
-    let scheduler = scheduler(1, 4);
+    let scheduler = roomy_scheduler(1, 4);
     let clone = scheduler.clone();
     drop(scheduler);
     // The clone keeps the loop going.
@@ -269,7 +280,7 @@ fn endless(prompt: &str) -> Job {
 
 #[test]
 fn a_dropped_handle_frees_its_sequence_at_once() {
-    let scheduler = scheduler(1, 4);
+    let scheduler = roomy_scheduler(1, 4);
     let mut handle = scheduler.submit(endless(PROMPTS[1])).expect("submit");
     while let Some(event) = handle.events.blocking_recv() {
         if matches!(event, JobEvent::Text { .. }) {
@@ -290,7 +301,7 @@ fn a_dropped_handle_frees_its_sequence_at_once() {
 
 #[test]
 fn cancel_finishes_the_job_as_cancelled() {
-    let scheduler = scheduler(1, 4);
+    let scheduler = roomy_scheduler(1, 4);
     let mut handle = scheduler.submit(endless(PROMPTS[1])).expect("submit");
     let waiting = scheduler.submit(job(PROMPTS[2], 4)).expect("submit");
     assert_eq!(scheduler.stats().queued, 1);
@@ -315,7 +326,7 @@ fn cancel_finishes_the_job_as_cancelled() {
 
 #[test]
 fn a_full_queue_refuses_with_busy() {
-    let scheduler = scheduler(1, 1);
+    let scheduler = roomy_scheduler(1, 1);
     let _running = scheduler.submit(endless(PROMPTS[0])).expect("first runs");
     let _waiting = scheduler.submit(endless(PROMPTS[1])).expect("second waits");
     match scheduler.submit(job(PROMPTS[2], 4)) {
