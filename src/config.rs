@@ -170,6 +170,8 @@ impl serde::de::Visitor<'_> for ScalarVisitor {
 pub struct Config {
     path: PathBuf,
     settings: Settings,
+    /// The file as read, for `glm config show`.
+    text: String,
 }
 
 /// Where the file is: `GLM_CONFIG`, else `<config dir>/glm/config.yaml`.
@@ -200,9 +202,15 @@ impl Config {
         let config = Config {
             path: path.to_owned(),
             settings: parse(path, &text)?,
+            text,
         };
         config.check(command)?;
         Ok(Some(config))
+    }
+
+    /// The file's text as it was checked.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Every value of the file, also those of models not used now, through the flag's

@@ -745,6 +745,18 @@ fn flags_and_streams_are_bounded() {
             &[],
         ),
         row_os(
+            "a prompt file that is a FIFO",
+            run(&[&"-f", &fifo]),
+            &["tools.fifo", "FIFO"],
+            &[],
+        ),
+        row_os(
+            "a prompt file that never ends",
+            run(&[&"-f", &"/dev/zero"]),
+            &["/dev/zero", "not a regular file"],
+            &[],
+        ),
+        row_os(
             "tools from /dev/zero",
             run(&[&"-p", &"hi", &"--tools", &"/dev/zero"]),
             &["/dev/zero", "not a regular file"],

@@ -370,3 +370,27 @@ fn the_bash_script_offers_model_names_where_the_model_goes() {
     );
     assert!(complete("glm run --ctx").contains("--ctx-size"));
 }
+
+/// A config file that is a device, a FIFO or larger than any config is refused in one
+/// line, without blocking or reading it all.
+#[test]
+fn config_files_that_are_not_files_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("config.fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, format!("# {}\n", "x".repeat(2 << 20))).expect("write");
+    for (path, reason) in [
+        (PathBuf::from("/dev/zero"), "not a regular file"),
+        (fifo, "FIFO"),
+        (huge, "larger than"),
+    ] {
+        let config = ConfigFile {
+            _dir: tempfile::tempdir().expect("temp dir"),
+            path,
+        };
+        let err = refused(&config);
+        assert!(err.contains(reason), "{err}");
+    }
+}

@@ -27,11 +27,11 @@ fn show_path(path: &Path) -> Result<()> {
 }
 
 fn show(path: &Path) -> Result<()> {
-    if checked(path)?.is_none() {
+    let Some(config) = checked(path)? else {
         println!("# no config file at {} (`glm config edit` creates one)", path.display());
         return Ok(());
-    }
-    let text = glm_convert::files::read_text_limited(path, 1 << 20)?;
+    };
+    let text = config.text();
     println!("# {}", path.display());
     print!("{text}");
     if !text.ends_with('\n') {
