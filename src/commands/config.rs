@@ -77,7 +77,10 @@ fn create_from_template(path: &Path) -> Result<()> {
     if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(folder).with_context(|| format!("{}: cannot create the folder", folder.display()))?;
     }
-    std::fs::write(path, config::TEMPLATE).with_context(|| format!("{}: cannot write", path.display()))
+    // Through the project's checked writes: never through a dangling link or onto a
+    // device, and never half-written.
+    glm_convert::files::check_output(path, &[], false)?;
+    Ok(glm_convert::files::write_bytes(path, config::TEMPLATE.as_bytes())?)
 }
 
 /// The file loaded and checked like a run would; its problem as the error.
