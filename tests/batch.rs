@@ -55,6 +55,7 @@ fn sized_scheduler(parallel: u32, queue_limit: usize, ctx_per_sequence: u32, con
         ctx_per_sequence,
         queue_limit,
         context,
+        projector: None,
     };
     Scheduler::start(engine(), options).expect("start the scheduler")
 }
@@ -62,6 +63,7 @@ fn sized_scheduler(parallel: u32, queue_limit: usize, ctx_per_sequence: u32, con
 fn job(prompt: &str, max_tokens: usize) -> Job {
     Job {
         prompt: engine().tokenize(prompt),
+        images: Vec::new(),
         max_tokens,
         sampling: Sampling::greedy_to_the_end(),
         grammar: None,

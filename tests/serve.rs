@@ -475,14 +475,12 @@ fn bad_requests_get_4xx_naming_the_problem() {
 
     let (status, body) = server.post(
         "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]}),
+        &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]}]}),
     );
     assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "messages[0].content[0].image_url.url", "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("images are not supported"),
+        body["error"]["message"].as_str().unwrap().contains("takes no images"),
         "{body}"
     );
 
@@ -592,6 +590,38 @@ fn a_full_queue_answers_503_and_a_client_gone_frees_its_slot() {
 }
 
 #[test]
+fn a_client_gone_before_a_whole_answer_frees_its_slot() {
+    let server = Server::start(&[&tiny()], &["--parallel", "1", "-c", "32768"]);
+    let impatient = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .new_agent();
+    let request = json!({"messages": [{"role": "user", "content": "go"}], "max_tokens": 30000, "ignore_eos": true});
+    let sent = std::thread::spawn({
+        let url = server.url("/v1/chat/completions");
+        move || impatient.post(&url).send(request.to_string()).is_err()
+    });
+    let start = Instant::now();
+    while parse(&server.get("/health").1)["models"][0]["running"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the request never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sent.join().expect("thread"), "the client gave up");
+    let start = Instant::now();
+    while parse(&server.get("/health").1)["models"][0]["running"] != 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the slot was not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.log().contains("POST /v1/chat/completions 499 (client gone)"),
+        "{}",
+        server.log()
+    );
+    let metrics = server.get("/metrics").1;
+    assert!(metrics.contains("status=\"499\""), "{metrics}");
+}
+
+#[test]
 fn health_metrics_and_the_request_log() {
     let server = served(&[]);
     let (_, body) = server.post("/v1/chat/completions", &chat_request("hello", 5));
@@ -665,4 +695,225 @@ fn concurrent_requests_answer_as_they_would_alone() {
             .collect()
     });
     assert_eq!(together, alone);
+}
+
+/// The GLM-4.5V-shaped fixture converted with `glm convert`, its projector beside it.
+fn vision_model(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("glm45v-tiny-Q8_0.gguf");
+    let status = Command::new(env!("CARGO_BIN_EXE_glm"))
+        .arg("convert")
+        .arg(model_dir("glm45v-tiny"))
+        .args(["--quant", "q8_0", "-o"])
+        .arg(&model)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("glm convert");
+    assert!(status.success());
+    assert!(dir.join("glm45v-tiny-mmproj-F16.gguf").is_file());
+    model
+}
+
+fn data_url(path: &Path) -> String {
+    use base64::Engine as _;
+    let bytes = std::fs::read(path).expect("read image");
+    format!(
+        "data:image/bmp;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// A greedy chat request whose user message is `images` (as data URLs), then `text`.
+fn image_request(images: &[&Path], text: &str) -> Value {
+    let mut parts: Vec<Value> = images
+        .iter()
+        .map(|i| json!({"type": "image_url", "image_url": {"url": data_url(i)}}))
+        .collect();
+    parts.push(json!({"type": "text", "text": text}));
+    json!({
+        "messages": [{"role": "user", "content": parts}],
+        "temperature": 0,
+        "max_tokens": 8,
+        "chat_template_kwargs": {"enable_thinking": false},
+    })
+}
+
+fn answer(body: &Value) -> String {
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content: {body}"))
+        .to_owned()
+}
+
+#[test]
+fn images_in_requests_answer_as_glm_run_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = vision_model(dir.path());
+    let (square, tall) = (dir.path().join("square.bmp"), dir.path().join("tall.bmp"));
+    write_bmp(&square, 56, 56);
+    write_bmp(&tall, 28, 84);
+    let question = "What is in the picture?";
+    let image_arg = |path: &Path| path.to_str().expect("path").to_owned();
+    let run_with = |images: &[&Path]| {
+        let mut args = vec![
+            "-p".to_owned(),
+            question.to_owned(),
+            "-n".into(),
+            "8".into(),
+            "--no-think".into(),
+        ];
+        for image in images {
+            args.extend(["--image".to_owned(), image_arg(image)]);
+        }
+        glm_run(&model, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let expected_square = run_with(&[&square]);
+    let expected_both = run_with(&[&square, &tall]);
+
+    let server = Server::start(&[&model], &["--parallel", "2"]);
+    assert!(server.log().contains("images through"), "{}", server.log());
+    let (status, body) = server.post("/v1/chat/completions", &image_request(&[&square], question));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer(&body).trim_end(), expected_square.trim_end());
+    let (_, text_only) = server.post("/v1/chat/completions", &image_request(&[], question));
+    let image_cost =
+        body["usage"]["prompt_tokens"].as_u64().unwrap() - text_only["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(image_cost > 2, "the image takes cells: {body} {text_only}");
+    assert_ne!(answer(&body), answer(&text_only), "the image changes the answer");
+
+    // Again: the text before the image comes from the cache, the answer is the same.
+    let (_, again) = server.post("/v1/chat/completions", &image_request(&[&square], question));
+    assert_eq!(answer(&again), answer(&body));
+    assert!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{again}"
+    );
+
+    let (status, both) = server.post("/v1/chat/completions", &image_request(&[&square, &tall], question));
+    assert_eq!(status, 200, "{both}");
+    assert_eq!(answer(&both).trim_end(), expected_both.trim_end());
+
+    let mut streamed_request = image_request(&[&square], question);
+    streamed_request["stream"] = json!(true);
+    let streamed: String = server
+        .stream("/v1/chat/completions", &streamed_request)
+        .iter()
+        .filter(|e| e.1 != "[DONE]")
+        .filter_map(|e| {
+            parse(&e.1)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed, answer(&body));
+
+    use base64::Engine as _;
+    let anthropic = json!({
+        "max_tokens": 8, "temperature": 0, "thinking": {"type": "disabled"},
+        "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/bmp",
+                "data": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&square).unwrap())}},
+            {"type": "text", "text": question}]}],
+    });
+    let (status, message) = server.post("/v1/messages", &anthropic);
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(message["content"][0]["text"].as_str().unwrap(), answer(&body));
+    assert_eq!(message["usage"]["input_tokens"], body["usage"]["prompt_tokens"]);
+
+    // Two sequences, three clients: images and text interleave in the batches, and
+    // every answer is what it was alone.
+    let requests = [
+        image_request(&[&square], question),
+        image_request(&[&square, &tall], question),
+        image_request(&[], question),
+        image_request(&[&tall], "Describe it."),
+    ];
+    let alone: Vec<String> = requests
+        .iter()
+        .map(|r| answer(&server.post("/v1/chat/completions", r).1))
+        .collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let server = &server;
+                scope.spawn(move || server.post("/v1/chat/completions", r))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| answer(&h.join().expect("thread").1))
+            .collect()
+    });
+    assert_eq!(together, alone);
+    assert_eq!(alone[0], answer(&body));
+}
+
+#[test]
+fn bad_images_get_400_naming_the_part() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = vision_model(dir.path());
+    let server = Server::start(&[&model], &["--parallel", "1"]);
+    let with_url = |url: &str| {
+        json!({"max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+    };
+    for (url, why) in [
+        ("https://example.com/cat.png", "does not fetch"),
+        ("data:image/png;base64,not base64!", "base64"),
+        ("data:image/png;base64,aGVsbG8gd29ybGQ=", "not a PNG, JPEG"),
+    ] {
+        let (status, body) = server.post("/v1/chat/completions", &with_url(url));
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["error"]["param"], "messages[0].content[1].image_url.url", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{url}: {message}");
+    }
+    let image = dir.path().join("i.bmp");
+    write_bmp(&image, 8, 8);
+    let in_assistant = json!({"max_tokens": 4, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": data_url(&image)}}]},
+        {"role": "user", "content": "and?"}]});
+    let (status, body) = server.post("/v1/chat/completions", &in_assistant);
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("messages[1].content[0]")),
+        "{body}"
+    );
+    let many: Vec<&Path> = vec![image.as_path(); 17];
+    let (status, body) = server.post("/v1/chat/completions", &image_request(&many, "so many"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("at most 16"),
+        "{body}"
+    );
+    let marker = image_request(&[&image], "<__media__> is mine");
+    let (status, body) = server.post("/v1/chat/completions", &marker);
+    assert_eq!(status, 400, "{body}");
+    let anthropic = json!({"max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": "http://169.254.169.254/latest"}}]}]});
+    let (status, body) = server.post("/v1/messages", &anthropic);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("does not fetch"),
+        "{body}"
+    );
+    // The server is unharmed: a good image still answers.
+    let (status, body) = server.post("/v1/chat/completions", &image_request(&[&image], "ok?"));
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+
+    let no_projector = Server::start(&[&model], &["--no-mmproj"]);
+    let (status, body) = no_projector.post("/v1/chat/completions", &image_request(&[&image], "ok?"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("takes no images"),
+        "{body}"
+    );
 }

@@ -542,6 +542,13 @@ pub struct ServeArgs {
     /// as typed, or a file's stem].
     #[arg(long = "alias", value_name = "NAME", help_heading = "Model")]
     pub aliases: Vec<String>,
+    /// A vision projector, in the order of the models (repeatable) [default: the
+    /// `*mmproj*.gguf` beside each model, when it fits].
+    #[arg(long = "mmproj", value_name = "FILE", help_heading = "Model")]
+    pub mmproj: Vec<PathBuf>,
+    /// Load no vision projector: requests with images are refused.
+    #[arg(long = "no-mmproj", conflicts_with = "mmproj", help_heading = "Model")]
+    pub no_mmproj: bool,
     #[command(flatten)]
     pub placement: PlacementArgs,
     #[command(flatten)]

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::chat::ChatTemplate;
 use crate::cli::ServeArgs;
 use crate::engine::batch::{BatchOptions, Scheduler};
-use crate::engine::{Engine, DEFAULT_CTX};
+use crate::engine::{Engine, Projector, DEFAULT_CTX};
 use crate::serve::{ServedModel, ServerState};
 
 /// How long requests still running at shutdown may take to end.
@@ -22,9 +22,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if args.api_key.as_deref() == Some("") {
         bail!("--api-key is empty");
     }
+    if args.mmproj.len() > args.models.len() {
+        bail!("{} --mmproj files for {} models", args.mmproj.len(), args.models.len());
+    }
     let mut models = Vec::new();
-    for (reference, name) in args.models.iter().zip(names) {
-        models.push(Arc::new(load(args, reference, name)?));
+    for (index, (reference, name)) in args.models.iter().zip(names).enumerate() {
+        let projector = args.mmproj.get(index).map(std::path::PathBuf::as_path);
+        models.push(Arc::new(load(args, reference, name, projector)?));
     }
     let state = Arc::new(ServerState::new(models, args.api_key.clone(), args.cors.clone()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -107,7 +111,7 @@ fn default_name(model: &Path) -> String {
     }
 }
 
-fn load(args: &ServeArgs, reference: &Path, name: String) -> Result<ServedModel> {
+fn load(args: &ServeArgs, reference: &Path, name: String, projector: Option<&Path>) -> Result<ServedModel> {
     let path = crate::model_source::resolve(reference, args.quant.as_deref())?;
     let options = super::load_options(&args.placement, &args.context);
     let context = super::context_options(&args.context, None);
@@ -126,6 +130,10 @@ fn load(args: &ServeArgs, reference: &Path, name: String) -> Result<ServedModel>
             None
         }
     };
+    let projector = match args.no_mmproj {
+        true => None,
+        false => load_projector(&engine, &path, projector, &name, context.threads)?,
+    };
     let ctx_per_sequence = args.context.ctx_size.unwrap_or(DEFAULT_CTX.min(engine.n_ctx_train()));
     let scheduler = Scheduler::start(
         engine.clone(),
@@ -134,6 +142,7 @@ fn load(args: &ServeArgs, reference: &Path, name: String) -> Result<ServedModel>
             ctx_per_sequence,
             queue_limit: args.queue as usize,
             context,
+            projector: projector.clone(),
         },
     )
     .with_context(|| {
@@ -148,8 +157,39 @@ fn load(args: &ServeArgs, reference: &Path, name: String) -> Result<ServedModel>
         engine,
         scheduler,
         template,
+        projector,
         metrics: Default::default(),
     })
+}
+
+/// The model's vision projector: the one given, else the one beside the model. One found
+/// beside it that does not fit is a note, not an error, and only for a model whose
+/// template can place images: a text model serves on without.
+fn load_projector(
+    engine: &Engine,
+    model: &Path,
+    explicit: Option<&Path>,
+    name: &str,
+    threads: i32,
+) -> Result<Option<Arc<RwLock<Projector>>>> {
+    let found = crate::model_source::projector_for(model, explicit)
+        .and_then(|path| engine.load_projector(&path, threads).map(|projector| (path, projector)));
+    match found {
+        Ok((path, projector)) => {
+            eprintln!("glm serve: {name}: images through {}", path.display());
+            Ok(Some(Arc::new(RwLock::new(projector))))
+        }
+        Err(e) if explicit.is_some() => Err(e.context(format!("{name}: the vision projector"))),
+        Err(e) => {
+            let places_images = engine
+                .chat_template()
+                .is_some_and(|template| template.contains("<|begin_of_image|>"));
+            if places_images {
+                eprintln!("glm serve: note: {name} takes no images: {e:#}");
+            }
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

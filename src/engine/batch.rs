@@ -13,7 +13,7 @@ mod worker;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Result};
 
 use super::model::Engine;
 use super::options::{ContextOptions, Sampling};
+use super::vision::{PreparedImage, Projector};
 
 /// How the scheduler sizes its context and queue.
 #[derive(Debug, Clone)]
@@ -35,12 +36,19 @@ pub struct BatchOptions {
     /// Threads, batch sizes, cache types, flash attention (its `ctx_size` and `draft` are
     /// ignored).
     pub context: ContextOptions,
+    /// The vision projector that evaluates jobs' images; without one, a job with images
+    /// fails. Requests lay their images out with it (`read`) while the loop encodes
+    /// (`write`).
+    pub projector: Option<Arc<RwLock<Projector>>>,
 }
 
 /// One generation request, its prompt already rendered and tokenized.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The prompt's text tokens.
     pub prompt: Vec<i32>,
+    /// Images placed between the text tokens, in order; the prompt ends with text.
+    pub images: Vec<JobImage>,
     /// At most this many generated tokens (also bounded by the sequence's context).
     pub max_tokens: usize,
     pub sampling: Sampling,
@@ -51,6 +59,20 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Report the log-probabilities of each generated token and of this many alternatives.
     pub top_logprobs: Option<u32>,
+}
+
+/// An image of a job's prompt, before the text token at `offset`.
+#[derive(Debug, Clone)]
+pub struct JobImage {
+    pub offset: usize,
+    pub image: Arc<PreparedImage>,
+}
+
+impl Job {
+    /// Cells the prompt takes in a sequence's cache: its text and its images.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt.len() + self.images.iter().map(|i| i.image.tokens()).sum::<usize>()
+    }
 }
 
 /// A generated token's log-probability, and the best alternatives (for `logprobs`).

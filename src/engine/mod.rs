@@ -32,4 +32,4 @@ pub use plan::{plan, DeviceMemory, MemoryPlan};
 pub use session::DraftOracle;
 pub use session::{ChatSession, GenerationStats, Interrupted, PromptWatcher, StopReason};
 pub use speculative::DraftStats;
-pub use vision::{image_marker, Projector};
+pub use vision::{decode_image, image_marker, PreparedImage, Projector};

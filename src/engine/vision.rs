@@ -1,12 +1,14 @@
 //! Images: vision projectors (mmproj GGUFs) through llama.cpp's libmtmd, checked against
 //! their model first, and image files decoded with size limits.
 
+use std::io::{BufRead, Seek};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use glm_convert::gguf::check::check_projector;
-use llama_cpp_2::mtmd::{MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputText};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::mtmd::{MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunks, MtmdInputText};
 use llama_cpp_2::token::LlamaToken;
 
 use super::log;
@@ -23,6 +25,72 @@ pub fn image_marker() -> &'static str {
 /// A vision projector (mmproj GGUF) loaded for a model, through llama.cpp's libmtmd.
 pub struct Projector {
     ctx: MtmdContext,
+}
+
+impl std::fmt::Debug for Projector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Projector")
+    }
+}
+
+/// One image made ready for a batch job where the request is read: libmtmd has resized
+/// it and laid out its chunks (its begin/end tokens and the embeddings' place), so the
+/// batching loop only encodes and decodes it.
+pub struct PreparedImage {
+    chunks: MtmdInputChunks,
+    tokens: usize,
+}
+
+impl PreparedImage {
+    /// Cells of the KV cache the image takes, its begin/end tokens included.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+}
+
+impl std::fmt::Debug for PreparedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedImage({} tokens)", self.tokens)
+    }
+}
+
+impl Projector {
+    /// Lays out one image for [`Projector::evaluate`]. Each image is laid out alone,
+    /// which gives the tokens libmtmd gives for a whole prompt: it tokenizes the text
+    /// between markers piece by piece, and GLM's projectors merge no adjacent images.
+    pub fn prepare_image(&self, bitmap: &MtmdBitmap) -> Result<PreparedImage> {
+        let input = MtmdInputText {
+            text: image_marker().to_owned(),
+            add_special: false,
+            parse_special: true,
+        };
+        let chunks = self
+            .ctx
+            .tokenize(input, &[bitmap])
+            .map_err(|e| anyhow!("llama.cpp cannot prepare the image: {e}"))?;
+        Ok(PreparedImage {
+            tokens: chunks.total_tokens(),
+            chunks,
+        })
+    }
+
+    /// Encodes `image` and puts it in sequence `seq` of `ctx` from position `n_past`;
+    /// returns the position after it (M-RoPE images take fewer positions than cells).
+    pub(super) fn evaluate(
+        &mut self,
+        image: &PreparedImage,
+        ctx: &mut LlamaContext,
+        n_past: usize,
+        seq: i32,
+    ) -> Result<usize> {
+        let n_batch = ctx.n_batch() as i32;
+        let n_past = i32::try_from(n_past).context("image position")?;
+        let next = image
+            .chunks
+            .eval_chunks(&mut self.ctx, ctx, n_past, seq, n_batch, false)
+            .map_err(|e| anyhow!("llama.cpp failed to evaluate an image: {e}"))?;
+        usize::try_from(next).context("image position")
+    }
 }
 
 impl Engine {
@@ -140,12 +208,21 @@ impl ChatSession<'_> {
 }
 
 /// Decodes an image file (PNG, JPEG, WebP, BMP, GIF) to the RGB pixels libmtmd takes.
-/// Decoding here rather than in libmtmd adds WebP and gives errors that say what is wrong.
 fn load_bitmap(path: &Path) -> Result<MtmdBitmap> {
     let file = glm_convert::files::open_regular(path)?;
-    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
+    decode(std::io::BufReader::new(file), &path.display().to_string())
+}
+
+/// Decodes an image held in memory (a request's), naming it `name` in errors.
+pub fn decode_image(bytes: &[u8], name: &str) -> Result<MtmdBitmap> {
+    decode(std::io::Cursor::new(bytes), name)
+}
+
+/// Decoding here rather than in libmtmd adds WebP and gives errors that say what is wrong.
+fn decode(source: impl BufRead + Seek, name: &str) -> Result<MtmdBitmap> {
+    let mut reader = image::ImageReader::new(source)
         .with_guessed_format()
-        .with_context(|| format!("{}: cannot read the image", path.display()))?;
+        .with_context(|| format!("{name}: cannot read the image"))?;
     // A small file can claim a huge picture (a decompression bomb): the size is checked
     // from the header before any pixel is decoded.
     let mut limits = image::Limits::default();
@@ -153,15 +230,12 @@ fn load_bitmap(path: &Path) -> Result<MtmdBitmap> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_BYTES);
     reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| {
-        anyhow!(
-            "{}: not a PNG, JPEG, WebP, BMP or GIF image llama.cpp can use: {e}",
-            path.display()
-        )
-    })?;
+    let decoded = reader
+        .decode()
+        .map_err(|e| anyhow!("{name}: not a PNG, JPEG, WebP, BMP or GIF image llama.cpp can use: {e}"))?;
     let rgb = decoded.to_rgb8();
     MtmdBitmap::from_image_data(rgb.width(), rgb.height(), rgb.as_raw())
-        .map_err(|e| anyhow!("{}: cannot pass the image to llama.cpp: {e}", path.display()))
+        .map_err(|e| anyhow!("{name}: cannot pass the image to llama.cpp: {e}"))
 }
 
 /// Largest image side and decoded size accepted (llama.cpp resizes far below this).

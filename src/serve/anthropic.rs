@@ -39,23 +39,23 @@ pub async fn count_tokens(State(state): State<Arc<ServerState>>, body: Body) -> 
 async fn count(state: Arc<ServerState>, body: Body) -> Result<Json<Value>, ApiError> {
     let request: MessagesRequest = request::parse(body)?;
     let model = state.model(request.model.as_deref())?;
-    let (messages, options) = request.conversation(&model)?;
-    let prompt = prompt::render(&model, messages, options).await?;
-    Ok(Json(json!({"input_tokens": prompt.tokens.len()})))
+    let conversation = request.conversation(&model)?;
+    let prompt = prompt::render(&model, conversation).await?;
+    Ok(Json(json!({"input_tokens": prompt.total_tokens()})))
 }
 
 async fn answer(state: Arc<ServerState>, log: RequestLog, body: Body) -> Result<Response, ApiError> {
     let request: MessagesRequest = request::parse(body)?;
     let settings = request.settings()?;
     let model = state.model(request.model.as_deref())?;
-    let (messages, options) = request.conversation(&model)?;
-    let prompt = prompt::render(&model, messages, options).await?;
+    let conversation = request.conversation(&model)?;
+    let prompt = prompt::render(&model, conversation).await?;
     let job = settings.job(&model, &prompt)?;
     let generation = generate::submit(&model, job, prompt.opens_thinking, false)?;
     let reply = Reply {
         id: new_id("msg_"),
         model: model.name.clone(),
-        input_tokens: prompt.tokens.len(),
+        input_tokens: prompt.total_tokens(),
         parallel_tool_calls: request.parallel_tool_calls(),
     };
     if request.stream == Some(true) {

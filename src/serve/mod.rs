@@ -1,7 +1,8 @@
 //! `glm serve`'s HTTP side: an axum router speaking OpenAI's chat and completions API
 //! and Anthropic's messages API over the models' continuous-batching schedulers.
 //!
-//! `request` reads bodies, `prompt` renders and tokenizes conversations, `generate`
+//! `request` reads bodies, `prompt` renders and tokenizes conversations (`images` decodes
+//! their pictures), `generate`
 //! turns a scheduler's events into replies, `openai` and `anthropic` speak each API,
 //! `auth`, `cors` and `observe` wrap every route, `metrics` counts.
 
@@ -10,6 +11,7 @@ mod auth;
 mod cors;
 mod errors;
 mod generate;
+mod images;
 mod metrics;
 mod observe;
 mod openai;
@@ -17,7 +19,7 @@ mod prompt;
 mod request;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -29,7 +31,7 @@ use serde_json::json;
 
 use crate::chat::ChatTemplate;
 use crate::engine::batch::Scheduler;
-use crate::engine::{Engine, Sampling};
+use crate::engine::{Engine, Projector, Sampling};
 pub use errors::{ApiError, Flavor};
 pub use metrics::ModelMetrics;
 
@@ -41,6 +43,8 @@ pub struct ServedModel {
     pub scheduler: Scheduler,
     /// None for a model without one: only `/v1/completions` works then.
     pub template: Option<Arc<ChatTemplate>>,
+    /// The vision projector (shared with the scheduler); requests with images need it.
+    pub projector: Option<Arc<RwLock<Projector>>>,
     /// The model's sampling defaults, then glm's; a request's fields go on top.
     pub defaults: Sampling,
     pub metrics: ModelMetrics,

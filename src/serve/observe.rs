@@ -55,13 +55,32 @@ pub async fn observe(State(state): State<Arc<ServerState>>, mut request: Request
         .get::<MatchedPath>()
         .map_or("other".to_owned(), |p| p.as_str().to_owned());
     request.extensions_mut().insert(log.clone());
+    // Hyper drops a request's future when its client disconnects (which cancels its
+    // job); the guard still logs and counts it.
+    let mut unanswered = Unanswered(Some((log.clone(), state.clone(), endpoint.clone())));
     let response = next.run(request).await;
+    unanswered.0 = None;
     state.requests.count(&endpoint, response.status().as_u16());
     if response.extensions().get::<Streamed>().is_none() {
         let usage = response.extensions().get::<Usage>().copied();
         eprintln!("{}", log.line(response.status().as_str(), usage));
     }
     response
+}
+
+/// Status logged and counted for a request whose client went away before the answer:
+/// nginx's "client closed request".
+const CLIENT_GONE: u16 = 499;
+
+struct Unanswered(Option<(RequestLog, Arc<ServerState>, String)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((log, state, endpoint)) = self.0.take() {
+            state.requests.count(&endpoint, CLIENT_GONE);
+            eprintln!("{}", log.line(&format!("{CLIENT_GONE} (client gone)"), None));
+        }
+    }
 }
 
 /// A stream's log line, written when the stream is dropped: at its end, or when the

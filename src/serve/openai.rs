@@ -28,15 +28,15 @@ pub async fn chat_completions(
     let request: ChatRequest = request::parse(body)?;
     request.check()?;
     let model = state.model(request.model.as_deref())?;
-    let (messages, options) = request.conversation(&model)?;
-    let prompt = prompt::render(&model, messages, options).await?;
+    let conversation = request.conversation(&model)?;
+    let prompt = prompt::render(&model, conversation).await?;
     let job = request.settings()?.job(&model, &prompt)?;
     let generation = generate::submit(&model, job, prompt.opens_thinking, false)?;
     let reply = Reply {
         id: new_id("chatcmpl-"),
         created: unix_now(),
         model: model.name.clone(),
-        prompt_tokens: prompt.tokens.len(),
+        prompt_tokens: prompt.total_tokens(),
         logprobs: request.logprobs == Some(true),
         parallel_tool_calls: request.parallel_tool_calls != Some(false),
         chat: true,
@@ -64,7 +64,7 @@ pub async fn completions(
         id: new_id("cmpl-"),
         created: unix_now(),
         model: model.name.clone(),
-        prompt_tokens: prompt.tokens.len(),
+        prompt_tokens: prompt.total_tokens(),
         logprobs: request.logprobs.is_some(),
         parallel_tool_calls: true,
         chat: false,
@@ -105,7 +105,7 @@ fn model_entry(model: &ServedModel, created: u64) -> Value {
 pub fn with_usage(body: impl IntoResponse, prompt: &Prompt, outcome: &Outcome) -> Response {
     let mut response = body.into_response();
     response.extensions_mut().insert(Usage {
-        prompt: prompt.tokens.len(),
+        prompt: prompt.total_tokens(),
         generated: outcome.generated_tokens(),
     });
     response

@@ -8,25 +8,50 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::errors::ApiError;
+use super::images::{self, RequestImage};
 use super::ServedModel;
 use crate::chat::{prompt_opens_thinking, RenderOptions};
-use crate::engine::batch::Job;
+use crate::engine::batch::{Job, JobImage};
 use crate::engine::Sampling;
+
+/// A request's conversation as the chat template reads it; its images, in the order the
+/// template places them, stand apart.
+pub struct Conversation {
+    pub messages: Vec<Value>,
+    pub options: RenderOptions,
+    pub images: Vec<RequestImage>,
+}
 
 /// A prompt ready for the scheduler.
 #[derive(Debug, Clone)]
 pub struct Prompt {
     pub tokens: Vec<i32>,
+    /// Images between the text tokens.
+    pub images: Vec<JobImage>,
     /// The template left the model inside `<think>`: the first text is reasoning.
     pub opens_thinking: bool,
 }
 
-/// The messages through the model's chat template, tokenized.
-pub async fn render(
-    model: &Arc<ServedModel>,
-    messages: Vec<Value>,
-    options: RenderOptions,
-) -> Result<Prompt, ApiError> {
+impl Prompt {
+    /// Cells the prompt takes in the cache, its images' included.
+    pub fn total_tokens(&self) -> usize {
+        self.tokens.len() + self.images.iter().map(|i| i.image.tokens()).sum::<usize>()
+    }
+}
+
+/// The messages through the model's chat template, tokenized, with their images laid out
+/// by the model's vision projector.
+pub async fn render(model: &Arc<ServedModel>, conversation: Conversation) -> Result<Prompt, ApiError> {
+    images::check_count(&conversation.images)?;
+    if let (Some(first), None) = (conversation.images.first(), &model.projector) {
+        return Err(ApiError::field(
+            &first.field,
+            format!(
+                "model {} takes no images: no vision projector was loaded for it (glm serve --mmproj)",
+                model.name
+            ),
+        ));
+    }
     let model = model.clone();
     blocking(move || {
         let template = model.template.as_ref().ok_or_else(|| {
@@ -36,11 +61,65 @@ pub async fn render(
             ))
         })?;
         let text = template
-            .render(&messages, &options)
+            .render(&conversation.messages, &conversation.options)
             .map_err(|e| ApiError::bad_request(format!("the model's chat template refused the conversation: {e}")))?;
-        tokenize(&model, &text)
+        match &model.projector {
+            Some(projector) if !conversation.images.is_empty() => {
+                with_images(&model, projector, &text, conversation.images)
+            }
+            _ => tokenize(&model, &text),
+        }
     })
     .await
+}
+
+/// The text between the images tokenized piece by piece (as libmtmd does), each image
+/// placed at the token where the template put it.
+fn with_images(
+    model: &ServedModel,
+    projector: &std::sync::RwLock<crate::engine::Projector>,
+    text: &str,
+    images: Vec<RequestImage>,
+) -> Result<Prompt, ApiError> {
+    let marker = crate::engine::image_marker();
+    if text.contains(marker) {
+        return Err(ApiError::bad_request(format!(
+            "the conversation contains {marker}, which stands for images here"
+        )));
+    }
+    let text =
+        crate::commands::place_images(text, images.len()).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let n_ctx = model.scheduler.ctx_per_sequence();
+    model
+        .engine
+        .check_text_fits(&text, n_ctx)
+        .map_err(|e| ApiError::bad_request(format!("{e} (the context per request, -c)")))?;
+    let prepared = images::prepare(projector, images)?;
+    let mut prompt = Prompt {
+        tokens: Vec::new(),
+        images: Vec::with_capacity(prepared.len()),
+        opens_thinking: prompt_opens_thinking(&text),
+    };
+    for (piece, image) in text.split(marker).zip(prepared.into_iter().map(Some).chain([None])) {
+        prompt.tokens.extend(model.engine.tokenize(piece));
+        if let Some(image) = image {
+            prompt.images.push(JobImage {
+                offset: prompt.tokens.len(),
+                image,
+            });
+        }
+    }
+    if prompt
+        .images
+        .last()
+        .is_some_and(|last| last.offset == prompt.tokens.len())
+    {
+        return Err(ApiError::bad_request(
+            "the prompt ends with an image; text must follow it",
+        ));
+    }
+    check_fits(prompt.total_tokens(), n_ctx)?;
+    Ok(prompt)
 }
 
 /// A raw prompt text, tokenized as is.
@@ -68,6 +147,7 @@ fn tokenize(model: &ServedModel, text: &str) -> Result<Prompt, ApiError> {
     check_fits(tokens.len(), n_ctx)?;
     Ok(Prompt {
         tokens,
+        images: Vec::new(),
         opens_thinking: prompt_opens_thinking(text),
     })
 }
@@ -118,7 +198,7 @@ impl Settings {
         if self.top_logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
             return Err(ApiError::field("top_logprobs", format!("at most {MAX_TOP_LOGPROBS}")));
         }
-        let room = (model.scheduler.ctx_per_sequence() as usize).saturating_sub(prompt.tokens.len());
+        let room = (model.scheduler.ctx_per_sequence() as usize).saturating_sub(prompt.total_tokens());
         let max_tokens = match self.max_tokens {
             Some(0) => return Err(ApiError::field("max_tokens", "must be at least 1")),
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(room),
@@ -126,6 +206,7 @@ impl Settings {
         };
         Ok(Job {
             prompt: prompt.tokens.clone(),
+            images: prompt.images.clone(),
             max_tokens,
             sampling,
             grammar: self.grammar,

@@ -10,17 +10,25 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
 use super::stream::Pending;
-use super::{Job, JobEvent, JobStop, JobSummary, Queued, TokenLogprob};
+use super::{Job, JobEvent, JobImage, JobStop, JobSummary, Queued, TokenLogprob};
 use crate::engine::log;
 use crate::engine::model::Engine;
 use crate::engine::session::decode_piece;
+use crate::engine::vision::PreparedImage;
 
 pub(super) struct Running {
     events: tokio::sync::mpsc::UnboundedSender<JobEvent>,
     cancelled: Arc<AtomicBool>,
+    /// The prompt's text tokens.
     pub prompt: Vec<LlamaToken>,
+    /// Its images, each before the text token at its offset.
+    images: Vec<JobImage>,
+    /// Images in the sequence's cache.
+    images_done: usize,
+    /// Text tokens and image cells of the prompt.
+    prompt_tokens: usize,
     pub cached_tokens: usize,
-    /// Prompt tokens in the sequence's cache; the rest are evaluated in coming steps.
+    /// Prompt text tokens in the sequence's cache; the rest are evaluated in coming steps.
     pub evaluated: usize,
     /// The last sampled token, evaluated at the next step.
     pub next: Option<LlamaToken>,
@@ -48,8 +56,11 @@ pub(super) enum Sampled {
 
 impl Running {
     /// Checks the job and builds its sampler; a job refused gets `Failed` with why.
-    pub fn new(engine: &Engine, queued: Queued, ctx_per_sequence: usize) -> Option<Running> {
-        match Self::prepare(engine, &queued.job, ctx_per_sequence) {
+    /// Images need `can_see`: a vision projector.
+    pub fn new(engine: &Engine, queued: Queued, ctx_per_sequence: usize, can_see: bool) -> Option<Running> {
+        let checked =
+            check_images(&queued.job, can_see).and_then(|()| Self::prepare(engine, &queued.job, ctx_per_sequence));
+        match checked {
             Ok((prompt, sampler)) => Some(Self::with(queued, prompt, sampler)),
             Err(e) => {
                 let _ = queued.events.send(JobEvent::Failed(format!("{e:#}")));
@@ -63,10 +74,10 @@ impl Running {
             return Err(anyhow!("the prompt is empty"));
         }
         let prompt = engine.check_tokens(&job.prompt)?;
-        if prompt.len() >= ctx_per_sequence {
+        if job.prompt_tokens() >= ctx_per_sequence {
             return Err(anyhow!(
                 "the prompt has {} tokens; a sequence's context holds {ctx_per_sequence} (and needs room for the reply)",
-                prompt.len()
+                job.prompt_tokens()
             ));
         }
         let sampler = sampler(engine, job, &prompt, ctx_per_sequence)?;
@@ -78,7 +89,10 @@ impl Running {
         Running {
             events: queued.events,
             cancelled: queued.cancelled,
+            prompt_tokens: job.prompt_tokens(),
             prompt,
+            images: job.images,
+            images_done: 0,
             cached_tokens: 0,
             evaluated: 0,
             next: None,
@@ -102,7 +116,7 @@ impl Running {
         self.cached_tokens = reused;
         self.evaluated = reused;
         self.send(JobEvent::Started {
-            prompt_tokens: self.prompt.len(),
+            prompt_tokens: self.prompt_tokens,
             cached_tokens: reused,
         });
     }
@@ -112,7 +126,32 @@ impl Running {
     }
 
     pub fn prompt_done(&self) -> bool {
-        self.evaluated == self.prompt.len()
+        self.evaluated == self.prompt.len() && self.images_done == self.images.len()
+    }
+
+    /// The text before the first image: what a sequence's cached tokens can stand for.
+    pub fn reusable_prompt(&self) -> &[LlamaToken] {
+        let end = self.images.first().map_or(self.prompt.len(), |i| i.offset);
+        &self.prompt[..end]
+    }
+
+    /// Where the text to evaluate next ends: at the next image, or the prompt's end.
+    pub fn text_end(&self) -> usize {
+        self.images
+            .get(self.images_done)
+            .map_or(self.prompt.len(), |i| i.offset)
+    }
+
+    /// The next image, once the text before it is in the cache.
+    pub fn image_due(&self) -> Option<Arc<PreparedImage>> {
+        self.images
+            .get(self.images_done)
+            .filter(|i| i.offset == self.evaluated)
+            .map(|i| Arc::clone(&i.image))
+    }
+
+    pub fn image_evaluated(&mut self) {
+        self.images_done += 1;
     }
 
     pub fn has_room(&self) -> bool {
@@ -165,7 +204,7 @@ impl Running {
         }
         let summary = JobSummary {
             stop,
-            prompt_tokens: self.prompt.len(),
+            prompt_tokens: self.prompt_tokens,
             cached_tokens: self.cached_tokens,
             generated_tokens: self.generated,
             prompt_time: if self.generating_since.is_some() {
@@ -192,6 +231,25 @@ impl Running {
     fn send(&self, event: JobEvent) {
         let _ = self.events.send(event);
     }
+}
+
+/// Images need a projector, and come in order within the text, which they may not end
+/// (the logits to sample from come from the last text token).
+fn check_images(job: &Job, can_see: bool) -> Result<()> {
+    if job.images.is_empty() {
+        return Ok(());
+    }
+    if !can_see {
+        return Err(anyhow!("this model has no vision projector: it cannot take images"));
+    }
+    let ordered = job.images.windows(2).all(|pair| pair[0].offset <= pair[1].offset);
+    let inside = job.images.iter().all(|i| i.offset < job.prompt.len());
+    if !ordered || !inside {
+        return Err(anyhow!(
+            "the images are out of order or after the prompt's text (a bug in glm)"
+        ));
+    }
+    Ok(())
 }
 
 /// The job's sampler: the engine's chain, which has seen the prompt (repetition

@@ -4,7 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, Result};
 use llama_cpp_2::context::LlamaContext;
@@ -14,11 +14,12 @@ use llama_cpp_2::token::LlamaToken;
 use super::job::{Running, Sampled};
 use super::{BatchOptions, JobStop, Queued, Shared};
 use crate::engine::model::Engine;
+use crate::engine::vision::{PreparedImage, Projector};
 
 /// A sequence of the context: the tokens in its KV cache, and its job if it has one.
 struct Slot {
     seq: i32,
-    cached: Vec<LlamaToken>,
+    cache: SequenceCache,
     job: Option<Running>,
     /// When it last took a job: among caches that help a prompt equally, the oldest goes.
     last_used: u64,
@@ -34,6 +35,43 @@ struct Worker<'e> {
     /// Jobs placed so far, the clock of `Slot::last_used`.
     placed: u64,
     shared: Arc<Shared>,
+    projector: Option<Arc<RwLock<Projector>>>,
+}
+
+/// What a sequence's KV cache holds.
+#[derive(Default)]
+struct SequenceCache {
+    /// The tokens at positions 0.. of the cache, which a prompt's prefix can reuse.
+    cached: Vec<LlamaToken>,
+    /// Cells after `cached` that no prompt can reuse: an image and what follows it.
+    untracked: usize,
+    /// The next token's position (images may take fewer positions than cells).
+    next_position: usize,
+}
+
+impl SequenceCache {
+    fn cells(&self) -> usize {
+        self.cached.len() + self.untracked
+    }
+
+    /// Notes a token going into the cache at the next position; returns that position.
+    fn push(&mut self, token: LlamaToken) -> i32 {
+        let position = self.next_position;
+        if self.untracked == 0 {
+            self.cached.push(token);
+        } else {
+            self.untracked += 1;
+        }
+        self.next_position += 1;
+        position as i32
+    }
+
+    /// The cache holds the first `kept` cached tokens only.
+    fn keep(&mut self, kept: usize) {
+        self.cached.truncate(kept);
+        self.untracked = 0;
+        self.next_position = self.cached.len();
+    }
 }
 
 /// The thread: makes the context (telling `start` the tokens per sequence, or why it
@@ -46,6 +84,7 @@ pub(super) fn run(
     ready: Sender<Result<u32>>,
 ) {
     let parallel = options.parallel;
+    let projector = options.projector.clone();
     let ctx = match engine.parallel_context(&options.context, ctx_per_sequence, parallel) {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -53,7 +92,7 @@ pub(super) fn run(
             return;
         }
     };
-    let mut worker = Worker::new(&engine, ctx, parallel as usize, shared);
+    let mut worker = Worker::new(&engine, ctx, parallel as usize, shared, projector);
     let _ = ready.send(Ok(worker.ctx_per_sequence as u32));
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
     let reason = match outcome {
@@ -64,7 +103,13 @@ pub(super) fn run(
 }
 
 impl<'e> Worker<'e> {
-    fn new(engine: &'e Engine, ctx: LlamaContext<'e>, parallel: usize, shared: Arc<Shared>) -> Self {
+    fn new(
+        engine: &'e Engine,
+        ctx: LlamaContext<'e>,
+        parallel: usize,
+        shared: Arc<Shared>,
+        projector: Option<Arc<RwLock<Projector>>>,
+    ) -> Self {
         let n_batch = ctx.n_batch().max(1) as usize;
         // Non-unified KV: every sequence has an equal share of the cells.
         let ctx_per_sequence = ctx.n_ctx() as usize / parallel;
@@ -74,7 +119,7 @@ impl<'e> Worker<'e> {
         let slots = (0..parallel)
             .map(|seq| Slot {
                 seq: seq as i32,
-                cached: Vec::new(),
+                cache: SequenceCache::default(),
                 job: None,
                 last_used: 0,
             })
@@ -88,6 +133,7 @@ impl<'e> Worker<'e> {
             slots,
             placed: 0,
             shared,
+            projector,
         }
     }
 
@@ -143,15 +189,16 @@ impl<'e> Worker<'e> {
     /// Puts a job in the idle sequence whose cache shares the longest prefix with its
     /// prompt, dropping the rest of that cache. False when the job was refused.
     fn place(&mut self, queued: Queued) -> bool {
-        let Some(mut job) = Running::new(self.engine, queued, self.ctx_per_sequence) else {
+        let can_see = self.projector.is_some();
+        let Some(mut job) = Running::new(self.engine, queued, self.ctx_per_sequence, can_see) else {
             return false;
         };
-        let Some(index) = self.best_slot(&job.prompt) else {
+        let Some(index) = self.best_slot(job.reusable_prompt()) else {
             job.fail("no sequence was free (a bug in glm)".to_owned());
             return false;
         };
         // At least the last prompt token is evaluated again, for fresh logits.
-        let common = common_prefix(&self.slots[index].cached, &job.prompt).min(job.prompt.len() - 1);
+        let common = common_prefix(&self.slots[index].cache.cached, job.reusable_prompt()).min(job.prompt.len() - 1);
         let reused = self.forget_from(index, common);
         job.start(reused);
         self.placed += 1;
@@ -165,7 +212,12 @@ impl<'e> Worker<'e> {
             .iter()
             .enumerate()
             .filter(|(_, slot)| slot.job.is_none())
-            .max_by_key(|(_, slot)| (common_prefix(&slot.cached, prompt), std::cmp::Reverse(slot.last_used)))
+            .max_by_key(|(_, slot)| {
+                (
+                    common_prefix(&slot.cache.cached, prompt),
+                    std::cmp::Reverse(slot.last_used),
+                )
+            })
             .map(|(index, _)| index)
     }
 
@@ -174,16 +226,18 @@ impl<'e> Worker<'e> {
     fn forget_from(&mut self, index: usize, position: usize) -> usize {
         let slot = &mut self.slots[index];
         let seq = Some(slot.seq as u32);
-        if position < slot.cached.len() || position == 0 {
+        // Positions grow along the cache, so cutting at a position of `cached` also drops
+        // everything untracked after it.
+        if position < slot.cache.cells() || position == 0 {
             let cut = self.ctx.clear_kv_cache_seq(seq, Some(position as u32), None);
             if !matches!(cut, Ok(true)) {
                 let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
-                slot.cached.clear();
+                slot.cache.keep(0);
                 return 0;
             }
-            slot.cached.truncate(position);
+            slot.cache.keep(position);
         }
-        slot.cached.len()
+        slot.cache.cached.len()
     }
 
     /// Ends jobs whose requester cancelled or went away; their sequences keep their
@@ -208,6 +262,7 @@ impl<'e> Worker<'e> {
     /// One decode: the pending token of every generating job, then prompt tokens while
     /// the batch has room; then every job with logits samples.
     fn step(&mut self) {
+        self.evaluate_images();
         self.batch.clear();
         let mut outputs = Vec::new();
         let mut in_batch = Vec::new();
@@ -231,6 +286,47 @@ impl<'e> Worker<'e> {
         }
     }
 
+    /// Evaluates, one by one and outside the batch (as llama-server does), the images
+    /// whose preceding text is in the cache: libmtmd encodes an image and decodes its
+    /// embeddings in batches of its own.
+    fn evaluate_images(&mut self) {
+        for index in 0..self.slots.len() {
+            while let Some(image) = self.slots[index].job.as_ref().and_then(Running::image_due) {
+                match self.evaluate_image(index, &image) {
+                    Ok(()) => {
+                        self.shared
+                            .prompt_tokens_total
+                            .fetch_add(image.tokens() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.fail_slot(index, format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn evaluate_image(&mut self, index: usize, image: &PreparedImage) -> Result<()> {
+        let projector = self
+            .projector
+            .as_ref()
+            .ok_or_else(|| anyhow!("this model has no vision projector"))?;
+        let slot = &mut self.slots[index];
+        let next = projector.write().unwrap_or_else(|e| e.into_inner()).evaluate(
+            image,
+            &mut self.ctx,
+            slot.cache.next_position,
+            slot.seq,
+        )?;
+        slot.cache.untracked += image.tokens();
+        slot.cache.next_position = next;
+        if let Some(job) = slot.job.as_mut() {
+            job.image_evaluated();
+        }
+        Ok(())
+    }
+
     /// Adds the step's tokens to the batch (and to the slots' caches), noting which
     /// slots take part and where their logits will be.
     fn fill(&mut self, outputs: &mut Vec<(usize, i32)>, in_batch: &mut Vec<usize>) -> Result<()> {
@@ -239,8 +335,8 @@ impl<'e> Worker<'e> {
                 continue;
             };
             in_batch.push(index);
-            self.batch.add(token, slot.cached.len() as i32, &[slot.seq], true)?;
-            slot.cached.push(token);
+            let position = slot.cache.push(token);
+            self.batch.add(token, position, &[slot.seq], true)?;
             outputs.push((index, self.batch.n_tokens() - 1));
         }
         for (index, slot) in self.slots.iter_mut().enumerate() {
@@ -251,13 +347,17 @@ impl<'e> Worker<'e> {
             if room == 0 {
                 break;
             }
+            // Zero while an image waits (its evaluation failed: the job is gone).
+            let chunk = (job.text_end() - job.evaluated).min(room);
+            if chunk == 0 {
+                continue;
+            }
             in_batch.push(index);
-            let chunk = (job.prompt.len() - job.evaluated).min(room);
             let last = job.prompt.len() - 1;
-            for position in job.evaluated..job.evaluated + chunk {
-                let token = job.prompt[position];
-                self.batch.add(token, position as i32, &[slot.seq], position == last)?;
-                slot.cached.push(token);
+            for at in job.evaluated..job.evaluated + chunk {
+                let token = job.prompt[at];
+                let position = slot.cache.push(token);
+                self.batch.add(token, position, &[slot.seq], at == last)?;
             }
             job.evaluated += chunk;
             self.shared
@@ -279,7 +379,7 @@ impl<'e> Worker<'e> {
         if !job.has_room() {
             return self.finish(index, JobStop::MaxTokens);
         }
-        if slot.cached.len() >= self.ctx_per_sequence {
+        if slot.cache.cells() >= self.ctx_per_sequence {
             return self.finish(index, JobStop::ContextFull);
         }
         let logits = self.ctx.get_logits_ith(logits_index);
@@ -287,7 +387,7 @@ impl<'e> Worker<'e> {
             Err(e) => self.fail_slot(index, format!("{e:#}")),
             Ok((_, Sampled::Stop(stop))) => self.count_and_finish(index, stop),
             // The token would take the last cell: no room to sample after it.
-            Ok((_, Sampled::Continue)) if slot.cached.len() + 1 >= self.ctx_per_sequence => {
+            Ok((_, Sampled::Continue)) if slot.cache.cells() + 1 >= self.ctx_per_sequence => {
                 self.count_and_finish(index, JobStop::ContextFull)
             }
             Ok((token, Sampled::Continue)) => {
@@ -318,7 +418,7 @@ impl<'e> Worker<'e> {
     fn fail_slot(&mut self, index: usize, reason: String) {
         let slot = &mut self.slots[index];
         let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
-        slot.cached.clear();
+        slot.cache.keep(0);
         if let Some(job) = slot.job.take() {
             self.publish();
             job.fail(reason);
@@ -327,7 +427,7 @@ impl<'e> Worker<'e> {
 
     /// Tells `submit` and `stats` how things stand after a step.
     fn publish(&mut self) {
-        let used: usize = self.slots.iter().map(|s| s.cached.len()).sum();
+        let used: usize = self.slots.iter().map(|s| s.cache.cells()).sum();
         self.shared.kv_cells_used.store(used as u64, Ordering::Relaxed);
         self.shared.lock().idle_slots = self.idle_slots();
     }
@@ -354,7 +454,7 @@ impl<'e> Worker<'e> {
 fn cancelled_while_queued(queued: &Queued) -> super::JobSummary {
     super::JobSummary {
         stop: JobStop::Cancelled,
-        prompt_tokens: queued.job.prompt.len(),
+        prompt_tokens: queued.job.prompt_tokens(),
         cached_tokens: 0,
         generated_tokens: 0,
         prompt_time: Default::default(),

@@ -4,9 +4,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::super::errors::ApiError;
-use super::super::prompt::{self, Settings};
+use super::super::images::RequestImage;
+use super::super::prompt::{self, Conversation, Settings};
 use super::super::ServedModel;
-use crate::chat::RenderOptions;
 
 #[derive(Debug, Deserialize)]
 pub struct MessagesRequest {
@@ -50,6 +50,8 @@ pub struct Block {
     pub tool_use_id: Option<String>,
     /// A tool result: text, or text blocks.
     pub content: Option<Value>,
+    /// An image: `{"type": "base64", "media_type": ..., "data": ...}`.
+    pub source: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,14 +78,15 @@ pub struct Thinking {
 }
 
 impl MessagesRequest {
-    /// The messages as the chat template reads them, and the render's variables.
-    pub fn conversation(&self, model: &ServedModel) -> Result<(Vec<Value>, RenderOptions), ApiError> {
+    /// The messages as the chat template reads them, the render's variables, the images.
+    pub fn conversation(&self, model: &ServedModel) -> Result<Conversation, ApiError> {
         let mut messages = Vec::new();
+        let mut images = Vec::new();
         if let Some(system) = &self.system {
             messages.push(json!({"role": "system", "content": block_text(system, "system")?}));
         }
         for (i, message) in self.messages.iter().enumerate() {
-            convert_message(i, message, &mut messages)?;
+            convert_message(i, message, &mut messages, &mut images)?;
         }
         if self.messages.is_empty() {
             return Err(ApiError::field("messages", "at least one message is needed"));
@@ -115,10 +118,11 @@ impl MessagesRequest {
             Some("disabled") => Some(false),
             Some(_) => return Err(ApiError::field("thinking.type", "must be enabled or disabled")),
         };
-        Ok((
+        Ok(Conversation {
             messages,
-            prompt::render_options(model, tools, thinking, Default::default()),
-        ))
+            options: prompt::render_options(model, tools, thinking, Default::default()),
+            images,
+        })
     }
 
     pub fn settings(&self) -> Result<Settings, ApiError> {
@@ -174,7 +178,7 @@ fn tool_result_text(content: Option<&Value>, field: &str) -> Result<String, ApiE
                     (Some("image"), _) => {
                         return Err(ApiError::field(
                             &format!("{field}[{j}]"),
-                            "images are not supported by this server yet",
+                            "images in tool results are not supported; GLM's templates take tool results as text",
                         ))
                     }
                     _ => return Err(ApiError::field(&format!("{field}[{j}]"), "expected a text block")),
@@ -189,7 +193,12 @@ fn tool_result_text(content: Option<&Value>, field: &str) -> Result<String, ApiE
 /// One Anthropic message as template messages: tool results become `tool` messages
 /// (before the user's text, as the API orders them), tool uses an assistant's
 /// `tool_calls`, thinking its `reasoning_content`.
-fn convert_message(index: usize, message: &Message, out: &mut Vec<Value>) -> Result<(), ApiError> {
+fn convert_message(
+    index: usize,
+    message: &Message,
+    out: &mut Vec<Value>,
+    images: &mut Vec<RequestImage>,
+) -> Result<(), ApiError> {
     let role = match message.role.as_str() {
         "user" | "assistant" => message.role.as_str(),
         other => {
@@ -207,12 +216,22 @@ fn convert_message(index: usize, message: &Message, out: &mut Vec<Value>) -> Res
         Content::Blocks(blocks) => blocks,
     };
     let mut text = String::new();
+    // The text and images in order, for a user message with images.
+    let mut parts = Vec::new();
     let mut reasoning = String::new();
     let mut calls = Vec::new();
     for (j, block) in blocks.iter().enumerate() {
         let field = format!("messages[{index}].content[{j}]");
         match block.kind.as_str() {
-            "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+            "text" => {
+                let piece = block.text.as_deref().unwrap_or_default();
+                text.push_str(piece);
+                parts.push(json!({"type": "text", "text": piece}));
+            }
+            "image" if role == "user" => {
+                images.push(block_image(block.source.as_ref(), &format!("{field}.source"))?);
+                parts.push(json!({"type": "image"}));
+            }
             "thinking" => reasoning.push_str(block.thinking.as_deref().unwrap_or_default()),
             "redacted_thinking" => {}
             "tool_use" => {
@@ -235,9 +254,8 @@ fn convert_message(index: usize, message: &Message, out: &mut Vec<Value>) -> Res
                 }
                 out.push(result);
             }
-            "image" | "document" => {
-                return Err(ApiError::field(&field, "images are not supported by this server yet"));
-            }
+            "image" => return Err(ApiError::field(&field, "images are taken in user messages only")),
+            "document" => return Err(ApiError::field(&field, "documents are not supported")),
             other => {
                 return Err(ApiError::field(
                     &format!("{field}.type"),
@@ -249,7 +267,12 @@ fn convert_message(index: usize, message: &Message, out: &mut Vec<Value>) -> Res
     if role == "user" && text.is_empty() && blocks.iter().any(|b| b.kind == "tool_result") {
         return Ok(());
     }
-    let mut converted = json!({"role": role, "content": text});
+    let content = if parts.iter().any(|part| part["type"] == "image") {
+        Value::Array(parts)
+    } else {
+        Value::String(text)
+    };
+    let mut converted = json!({"role": role, "content": content});
     if role == "assistant" {
         if !reasoning.trim().is_empty() {
             converted["reasoning_content"] = reasoning.trim().into();
@@ -260,6 +283,24 @@ fn convert_message(index: usize, message: &Message, out: &mut Vec<Value>) -> Res
     }
     out.push(converted);
     Ok(())
+}
+
+/// An image block's source: base64 data (the server fetches no URL).
+fn block_image(source: Option<&Value>, field: &str) -> Result<RequestImage, ApiError> {
+    let source = source.ok_or_else(|| ApiError::field(field, "missing"))?;
+    match source["type"].as_str() {
+        Some("base64") => {
+            let data = source["data"]
+                .as_str()
+                .ok_or_else(|| ApiError::field(&format!("{field}.data"), "missing"))?;
+            RequestImage::from_base64(data, &format!("{field}.data"))
+        }
+        Some("url") => RequestImage::from_url(source["url"].as_str().unwrap_or_default(), &format!("{field}.url")),
+        _ => Err(ApiError::field(
+            &format!("{field}.type"),
+            "must be base64 (or url with a data: URL)",
+        )),
+    }
 }
 
 /// Anthropic's tools in OpenAI's shape, which the chat templates read.

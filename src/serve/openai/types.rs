@@ -4,10 +4,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::super::errors::ApiError;
-use super::super::prompt::{self, Settings};
+use super::super::images::RequestImage;
+use super::super::prompt::{self, Conversation, Settings};
 use super::super::request::OneOrMany;
 use super::super::ServedModel;
-use crate::chat::RenderOptions;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
@@ -66,6 +66,8 @@ pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// `{"url": "data:...", "detail": ...}`, or the URL alone as some clients send it.
+    pub image_url: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,13 +152,14 @@ impl ChatRequest {
         Ok(())
     }
 
-    /// The messages as the chat template reads them, and the render's variables.
-    pub fn conversation(&self, model: &ServedModel) -> Result<(Vec<Value>, RenderOptions), ApiError> {
+    /// The messages as the chat template reads them, the render's variables, the images.
+    pub fn conversation(&self, model: &ServedModel) -> Result<Conversation, ApiError> {
+        let mut images = Vec::new();
         let mut messages = self
             .messages
             .iter()
             .enumerate()
-            .map(|(i, m)| template_message(i, m))
+            .map(|(i, m)| template_message(i, m, &mut images))
             .collect::<Result<Vec<_>, _>>()?;
         let (mode, named) = match &self.tool_choice {
             None => ("auto", None),
@@ -180,7 +183,11 @@ impl ChatRequest {
         }
         let mut kwargs = self.chat_template_kwargs.clone().unwrap_or_default();
         let thinking = kwargs.remove("enable_thinking").and_then(|v| v.as_bool());
-        Ok((messages, prompt::render_options(model, tools, thinking, kwargs)))
+        Ok(Conversation {
+            messages,
+            options: prompt::render_options(model, tools, thinking, kwargs),
+            images,
+        })
     }
 
     pub fn settings(&self) -> Result<Settings, ApiError> {
@@ -226,36 +233,62 @@ fn grammar(format: &ResponseFormat) -> Result<Option<String>, ApiError> {
     grammar.map(Some).map_err(|e| ApiError::field("response_format", e))
 }
 
-/// Text parts joined as GLM's templates join them; anything else is refused.
-fn content_text(index: usize, content: Option<&Content>) -> Result<String, ApiError> {
-    match content {
-        None => Ok(String::new()),
-        Some(Content::Text(text)) => Ok(text.clone()),
-        Some(Content::Parts(parts)) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                let field = format!("messages[{index}].content[{j}]");
-                match (part.kind.as_str(), &part.text) {
-                    ("text", Some(t)) => text.push_str(t),
-                    ("text", None) => return Err(ApiError::field(&format!("{field}.text"), "missing")),
-                    ("image_url" | "image", _) => {
-                        return Err(ApiError::field(&field, "images are not supported by this server yet"))
-                    }
-                    (other, _) => {
-                        return Err(ApiError::field(
-                            &field,
-                            format!("content of type {other:?} is not supported"),
-                        ))
-                    }
-                }
+/// A message's content as the template reads it: text parts joined as GLM's templates
+/// join them, or, when a user message has images, its parts in order with each image a
+/// `{"type": "image"}` part (the image itself goes to `images`).
+fn template_content(
+    index: usize,
+    content: Option<&Content>,
+    images_allowed: bool,
+    images: &mut Vec<RequestImage>,
+) -> Result<Value, ApiError> {
+    let parts = match content {
+        None => return Ok(Value::String(String::new())),
+        Some(Content::Text(text)) => return Ok(Value::String(text.clone())),
+        Some(Content::Parts(parts)) => parts,
+    };
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let field = format!("messages[{index}].content[{j}]");
+        match (part.kind.as_str(), &part.text) {
+            ("text", Some(t)) => {
+                text.push_str(t);
+                out.push(json!({"type": "text", "text": t}));
             }
-            Ok(text)
+            ("text", None) => return Err(ApiError::field(&format!("{field}.text"), "missing")),
+            ("image_url", _) if images_allowed => {
+                let url = match &part.image_url {
+                    Some(Value::String(url)) => url.as_str(),
+                    Some(Value::Object(object)) => object.get("url").and_then(Value::as_str).unwrap_or_default(),
+                    _ => "",
+                };
+                let field = format!("{field}.image_url.url");
+                if url.is_empty() {
+                    return Err(ApiError::field(&field, "missing"));
+                }
+                images.push(RequestImage::from_url(url, &field)?);
+                out.push(json!({"type": "image"}));
+            }
+            ("image_url", _) => return Err(ApiError::field(&field, "images are taken in user messages only")),
+            (other, _) => {
+                return Err(ApiError::field(
+                    &field,
+                    format!("content of type {other:?} is not supported"),
+                ))
+            }
         }
+    }
+    if out.iter().any(|part| part["type"] == "image") {
+        Ok(Value::Array(out))
+    } else {
+        Ok(Value::String(text))
     }
 }
 
-fn template_message(index: usize, message: &Message) -> Result<Value, ApiError> {
-    let content = content_text(index, message.content.as_ref())?;
+fn template_message(index: usize, message: &Message, images: &mut Vec<RequestImage>) -> Result<Value, ApiError> {
+    let is_user = message.role == "user";
+    let content = template_content(index, message.content.as_ref(), is_user, images)?;
     let role = match message.role.as_str() {
         "system" | "developer" => "system",
         "user" => "user",
