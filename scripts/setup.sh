@@ -10,6 +10,16 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if ! ldconfig -p 2>/dev/null | grep 'libclang[-.0-9]*\.so' >/dev/null; then
     missing+=(libclang-dev)
 fi
+# A build folder whose llama.cpp was compiled before glm switched on llama.cpp's RPC
+# backend keeps that build (see build.rs): rebuild llama.cpp there, once.
+target="${CARGO_TARGET_DIR:-target}"
+for lib in "$target"/*/build/llama-cpp-sys-2-*/out/lib*; do
+    if [ -e "$lib/libggml-base.a" ] && [ ! -e "$lib/libggml-rpc.a" ]; then
+        echo "setup: rebuilding llama.cpp once, with its RPC backend" >&2
+        cargo clean -p llama-cpp-sys-2 >/dev/null 2>&1
+        break
+    fi
+done
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

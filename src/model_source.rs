@@ -133,7 +133,8 @@ struct SourceRecord {
     files: Vec<String>,
 }
 
-fn cache_dir() -> Result<PathBuf> {
+/// glm's cache folder (`GLM_CACHE_DIR`, else the platform's cache folder + `glm`), made if missing.
+pub fn cache_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("GLM_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("glm")))

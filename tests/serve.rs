@@ -70,6 +70,19 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The log once it holds `needle` (a thread copies the server's stderr, so a line
+    /// written before a response may arrive here after it), or as it is after 10 s.
+    fn log_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn post_raw(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String, Option<String>) {
         let mut request = agent().post(&self.url(path)).header("content-type", "application/json");
         for (name, value) in headers {
@@ -586,7 +599,8 @@ fn a_full_queue_answers_503_and_a_client_gone_frees_its_slot() {
     }
     let health = parse(&server.get("/health").1);
     assert_eq!(health["models"][0]["running"], 0, "{health}");
-    assert!(server.log().contains("stream cut off"), "{}", server.log());
+    let log = server.log_with("stream cut off");
+    assert!(log.contains("stream cut off"), "{log}");
 }
 
 #[test]
@@ -612,11 +626,9 @@ fn a_client_gone_before_a_whole_answer_frees_its_slot() {
         assert!(start.elapsed() < Duration::from_secs(20), "the slot was not freed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        server.log().contains("POST /v1/chat/completions 499 (client gone)"),
-        "{}",
-        server.log()
-    );
+    let log = server.log_with("POST /v1/chat/completions 499 (client gone)");
+    assert!(log.contains("POST /v1/chat/completions 499 (client gone)"), "{log}");
+    // Counted with the log line, just before it was written.
     let metrics = server.get("/metrics").1;
     assert!(metrics.contains("status=\"499\""), "{metrics}");
 }
@@ -648,7 +660,7 @@ fn health_metrics_and_the_request_log() {
         metrics.contains("glm_kv_cells_total{model=\"glm4moe-tiny\"}"),
         "{metrics}"
     );
-    let log = server.log();
+    let log = server.log_with("POST /v1/chat/completions 200");
     let line = log
         .lines()
         .find(|l| l.contains("POST /v1/chat/completions 200"))
@@ -771,7 +783,8 @@ fn images_in_requests_answer_as_glm_run_does() {
     let expected_both = run_with(&[&square, &tall]);
 
     let server = Server::start(&[&model], &["--parallel", "2"]);
-    assert!(server.log().contains("images through"), "{}", server.log());
+    let log = server.log_with("images through");
+    assert!(log.contains("images through"), "{log}");
     let (status, body) = server.post("/v1/chat/completions", &image_request(&[&square], question));
     assert_eq!(status, 200, "{body}");
     assert_eq!(answer(&body).trim_end(), expected_square.trim_end());

@@ -117,10 +117,14 @@ enum Command {
     /// Measure prompt processing and generation speed (llama-bench's method).
     Bench(BenchArgs),
     /// List the devices llama.cpp can use, with their free and total memory.
-    Devices,
+    Devices(DevicesArgs),
     /// Serve models over HTTP: OpenAI's chat and completions API and Anthropic's messages
     /// API, several requests decoded together.
     Serve(ServeArgs),
+    /// Serve this machine's devices to glm on other machines (llama.cpp's RPC backend):
+    /// with `--rpc HOST:PORT` there, a model spreads over both.
+    #[command(name = "rpc-server")]
+    RpcServer(RpcServerArgs),
     /// Show how a model reference resolves: path, store, catalogue, Hugging Face cache,
     /// download.
     Which(WhichArgs),
@@ -585,6 +589,41 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Also the devices of these RPC servers (comma-separated HOST:PORT).
+    #[arg(long = "rpc", value_name = "HOST:PORT,...", value_delimiter = ',', value_parser = rpc_endpoint)]
+    pub rpc: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RpcServerArgs {
+    /// Address to listen on. The protocol has no authentication or encryption: anything
+    /// but a loopback address lets everyone who reaches it run code on your devices and
+    /// read what they hold.
+    #[arg(short = 'H', long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(short = 'p', long, default_value_t = crate::engine::rpc::DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// CPU threads for the CPU device [default: the physical cores].
+    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=MAX_THREADS))]
+    pub threads: Option<i32>,
+    /// Comma-separated devices to serve (names from `glm devices`) [default: the GPUs,
+    /// else the CPU].
+    #[arg(short = 'd', long = "device", value_name = "LIST", value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Keep received weights in a folder, so a client that connects again sends only
+    /// their hashes [default folder: glm's cache, `rpc`].
+    #[arg(short = 'c', long, value_name = "DIR", num_args = 0..=1)]
+    pub cache: Option<Option<PathBuf>>,
+}
+
+fn rpc_endpoint(text: &str) -> Result<String, String> {
+    crate::engine::rpc::parse_endpoint(text)
+}
+
+#[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The GGUF file.
     pub file: PathBuf,
@@ -817,7 +856,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Presets => commands::presets::run(),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
-        Command::Devices => commands::devices::run(),
+        Command::Devices(args) => commands::devices::run(&args),
+        Command::RpcServer(args) => commands::rpc_server::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Which(args) => commands::models::which(&args),
         Command::Pull(args) => commands::models::pull(&args),
@@ -866,8 +906,8 @@ mod tests {
     #[test]
     fn the_readme_names_only_flags_that_exist() {
         let readme = include_str!("../../README.md");
-        let command_line = regex::Regex::new(r"\bglm ([a-z]+)\b([^#`]*)").expect("pattern");
-        let section = regex::Regex::new(r"^### `glm ([a-z]+)").expect("pattern");
+        let command_line = regex::Regex::new(r"\bglm ([a-z][a-z-]*[a-z])\b([^#`]*)").expect("pattern");
+        let section = regex::Regex::new(r"^### `glm ([a-z][a-z-]*[a-z])").expect("pattern");
         let mut current: Option<String> = None;
         let mut checked = 0;
         for line in readme.lines() {

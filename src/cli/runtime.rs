@@ -79,7 +79,8 @@ pub struct PlacementArgs {
     /// How several GPUs share the model (-sm).
     #[arg(long = "split-mode", value_enum, default_value = "layer")]
     pub split_mode: SplitModeArg,
-    /// Shares of the model per GPU, e.g. `3,1` (-ts).
+    /// Shares of the model per device, e.g. `3,1`: the RPC servers' devices first, then the
+    /// GPUs (-ts).
     #[arg(
         long = "tensor-split",
         value_name = "LIST",
@@ -96,6 +97,19 @@ pub struct PlacementArgs {
     /// NUMA placement of threads and memory.
     #[arg(long, value_enum)]
     pub numa: Option<NumaArg>,
+    /// Devices of `glm rpc-server`s on other machines, joined to this one's
+    /// (comma-separated HOST:PORT): llama.cpp places layers on them first, as on GPUs
+    /// (-ngl, --tensor-split, -ot REGEX=RPC0).
+    #[arg(long = "rpc", value_name = "HOST:PORT,...", value_delimiter = ',', value_parser = rpc_endpoint)]
+    pub rpc: Vec<String>,
+    /// Seconds one evaluation on RPC servers may take before glm gives up on them.
+    #[arg(long = "rpc-timeout", value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub rpc_timeout: u64,
+}
+
+fn rpc_endpoint(text: &str) -> Result<String, String> {
+    crate::engine::rpc::parse_endpoint(text)
 }
 
 /// Context, cache and threads.

@@ -79,6 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     model_args.ctx_size = context.ctx_size.max(largest);
     model_args.load_mtp = args.mtp;
     let path = crate::model_source::resolve(&args.model.model, args.model.quant.as_deref())?;
+    super::prepare_backend(&args.model.placement)?;
     if args.model.context.dry_run {
         let mut planned = context.clone();
         planned.ctx_size = model_args.ctx_size;

@@ -1,7 +1,9 @@
 use anyhow::Result;
 
-/// `glm devices`: what llama.cpp sees, one device per line.
-pub fn run() -> Result<()> {
+/// `glm devices`: what llama.cpp sees (with `--rpc`, the servers' devices first), one
+/// device per line.
+pub fn run(args: &crate::cli::DevicesArgs) -> Result<()> {
+    crate::engine::rpc::connect(&args.rpc)?;
     const MIB: usize = 1024 * 1024;
     println!(
         "{:<12} {:<12} {:<10} {:>12} {:>12}  description",

@@ -12,6 +12,7 @@ pub mod models;
 pub mod presets;
 pub mod quantize;
 pub mod reply;
+pub mod rpc_server;
 pub mod run;
 pub(crate) mod sampling;
 pub mod serve;
@@ -121,10 +122,8 @@ pub fn prompt_input_text(input: &PromptInput) -> Result<String> {
 /// With `--dry-run` the memory plan is printed instead and the program ends.
 pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Result<(Engine, PathBuf)> {
     let path = crate::model_source::resolve(&args.model, args.quant.as_deref())?;
+    prepare_backend(&args.placement)?;
     warn_about_gpu_layers_without_gpu(&args.placement)?;
-    if let Some(numa) = args.placement.numa {
-        crate::engine::use_numa(numa.into())?;
-    }
     let mut options = load_options(&args.placement, &args.context);
     // The NextN layers are loaded unless drafting is switched off; whether to draft is
     // decided per reply, from the sampling.
@@ -136,6 +135,19 @@ pub fn load_engine_and_path(args: &ModelArgs, draft: Option<&DraftArgs>) -> Resu
     }
     let engine = Engine::load(&path, &options)?;
     Ok((engine, path))
+}
+
+/// What must be settled before llama.cpp lists devices or loads a model: the NUMA
+/// strategy, and the `--rpc` servers' devices (with the watchdog on their evaluations).
+pub fn prepare_backend(placement: &PlacementArgs) -> Result<()> {
+    if let Some(numa) = placement.numa {
+        crate::engine::use_numa(numa.into())?;
+    }
+    if !placement.rpc.is_empty() {
+        crate::engine::rpc::connect(&placement.rpc)?;
+        crate::engine::rpc::watch_evaluations(std::time::Duration::from_secs(placement.rpc_timeout));
+    }
+    Ok(())
 }
 
 /// A layer count asked for on a build that has no GPU does nothing; say so, as the

@@ -22,6 +22,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if args.api_key.as_deref() == Some("") {
         bail!("--api-key is empty");
     }
+    super::prepare_backend(&args.placement)?;
     if args.mmproj.len() > args.models.len() {
         bail!("{} --mmproj files for {} models", args.mmproj.len(), args.models.len());
     }

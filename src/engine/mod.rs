@@ -2,8 +2,9 @@
 //!
 //! `options` holds the runtime settings, `model` loads and checks a model (and owns the
 //! contexts and samplers), `session` generates with KV-cache reuse across turns, `vision`
-//! handles projectors and images, `log` keeps llama.cpp's reasons for failures, and
-//! `quantize` wraps ggml's quantization kernels.
+//! handles projectors and images, `log` keeps llama.cpp's reasons for failures,
+//! `rpc` joins other machines' devices (and serves this one's), and `quantize` wraps
+//! ggml's quantization kernels.
 
 pub mod batch;
 mod grammar;
@@ -15,6 +16,7 @@ mod plan;
 pub mod quantize;
 #[cfg(feature = "test-support")]
 pub mod reference;
+pub mod rpc;
 mod session;
 mod speculative;
 mod vision;

@@ -60,10 +60,46 @@ pub(super) fn backend() -> Result<&'static LlamaBackend> {
             // SAFETY: sets an integer in llama.cpp's common library; called once, before
             // any of its functions run.
             unsafe { glm_silence_common_log() };
+            // SAFETY: installs a callback (a plain function that never returns) for
+            // ggml's fatal errors, before any llama.cpp work runs.
+            unsafe { llama_cpp_sys_2::ggml_set_abort_callback(Some(on_abort)) };
             Ok(backend)
         })
         .as_ref()
         .map_err(|e| anyhow!("initialising llama.cpp: {e}"))
+}
+
+/// ggml's fatal errors (a remote RPC server gone, a failed check in llama.cpp) end the
+/// process with one line and exit status 1 rather than an abort with a backtrace.
+extern "C" fn on_abort(message: *const std::ffi::c_char) {
+    let text = if message.is_null() {
+        String::from("(no reason given)")
+    } else {
+        // SAFETY: ggml passes a NUL-terminated message it formatted.
+        unsafe { std::ffi::CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    // ggml's message starts with its source file and line.
+    let reason = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest);
+    exit_with(&format!("llama.cpp stopped: {}", reason.trim()))
+}
+
+/// Writes `error: MESSAGE` (with the RPC servers in use) and ends the process at once:
+/// other threads may be inside llama.cpp, whose destructors must not run under them.
+pub(super) fn exit_with(message: &str) -> ! {
+    let servers = super::rpc::connected_now();
+    let mut line = format!("error: {message}");
+    if !servers.is_empty() && !message.contains("RPC servers") {
+        line.push_str(&format!(" (RPC servers: {})", servers.join(", ")));
+    }
+    line.push('\n');
+    // SAFETY: write(2) of a buffer that lives across the call, to standard error; then
+    // _exit(2), which runs no destructors.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+        libc::_exit(1)
+    }
 }
 
 pub struct Engine {

@@ -103,14 +103,17 @@ pub(super) fn model_params(path: &Path, header: &GgufHeader, options: &LoadOptio
             .with_devices(&chosen_device_indices(placement)?)
             .map_err(|e| anyhow!("--device: {e}"))?;
     }
+    let fit = fits_to_memory(placement, &overrides) && !options.vocab_only;
     match placement.gpu_layers {
         GpuLayers::Count(n) => params = params.with_n_gpu_layers(n),
         GpuLayers::All => params = params.with_n_gpu_layers(u32::MAX),
-        GpuLayers::Auto if !overrides.is_empty() => params = params.with_n_gpu_layers(u32::MAX),
+        GpuLayers::Auto if !fits_to_memory(placement, &overrides) => params = params.with_n_gpu_layers(u32::MAX),
         GpuLayers::Auto => {}
     }
     let mut params = Box::pin(params);
-    let fit = placement.gpu_layers == GpuLayers::Auto && overrides.is_empty() && !options.vocab_only;
+    if !placement.tensor_split.is_empty() {
+        params.as_mut().set_tensor_split(&placement.tensor_split);
+    }
     let fitted_ctx = if fit {
         Some(fit_to_memory(path, params.as_mut(), header, options.ctx_size)?)
     } else {
@@ -122,15 +125,40 @@ pub(super) fn model_params(path: &Path, header: &GgufHeader, options: &LoadOptio
             CString::new(o.pattern.as_str()).map_err(|_| anyhow!("--override-tensor: the pattern holds a NUL byte"))
         })
         .collect::<Result<Vec<_>>>()?;
-    for pattern in &patterns {
-        // Every buffer was checked to be the CPU's (the only one llama-cpp-2 can name).
-        params.as_mut().add_cpu_buft_override(pattern);
+    for (pattern, o) in patterns.iter().zip(&overrides) {
+        let buffer = override_buffer(&o.buffer)?;
+        // SAFETY: the buffer type is ggml's, for a device of its registry (or the CPU's),
+        // which lives as long as the process.
+        unsafe { params.as_mut().add_buft_override(pattern, buffer) };
     }
     Ok(ModelParams {
         params,
         _patterns: patterns,
         fitted_ctx,
     })
+}
+
+/// Whether llama.cpp's fit places layers and context: with `-ngl auto`, unless tensor
+/// overrides or a split (which it cannot combine with its own) say where things go; then
+/// every layer is offloaded as `-ngl all`.
+pub(super) fn fits_to_memory(placement: &Placement, overrides: &[TensorOverride]) -> bool {
+    placement.gpu_layers == GpuLayers::Auto && overrides.is_empty() && placement.tensor_split.is_empty()
+}
+
+/// The buffer type an override names (checked by `check_buffer`): the CPU's, or the
+/// default one of a device (`CUDA0`, `RPC0`, …).
+pub(super) fn override_buffer(buffer: &str) -> Result<llama_cpp_sys_2::ggml_backend_buffer_type_t> {
+    if buffer.eq_ignore_ascii_case("CPU") {
+        // SAFETY: the CPU buffer type is a static of ggml's CPU backend.
+        return Ok(unsafe { llama_cpp_sys_2::ggml_backend_cpu_buffer_type() });
+    }
+    let device = devices()?
+        .into_iter()
+        .find(|d| d.is_gpu && d.name.eq_ignore_ascii_case(buffer))
+        .ok_or_else(|| anyhow!("--override-tensor ...={buffer}: no such device"))?;
+    // SAFETY: the index was listed by ggml's device registry just before; a device's
+    // buffer type lives as long as the device.
+    Ok(unsafe { llama_cpp_sys_2::ggml_backend_dev_buffer_type(llama_cpp_sys_2::ggml_backend_dev_get(device.index)) })
 }
 
 /// The tensor overrides of `placement` (the user's and the experts kept on the CPU),
@@ -269,24 +297,19 @@ fn check_tensor_split(split: &[f32], gpus: usize) -> Result<()> {
         bail!("--tensor-split: shares must be non-negative numbers, not all zero");
     }
     if split.len() > gpus.max(1) {
-        bail!("--tensor-split: {} shares for {gpus} GPU(s)", split.len());
-    }
-    if gpus > 1 {
-        // llama-cpp-2 0.1.160 has no setter for llama.cpp's tensor_split; with one GPU
-        // (or none) the split has nothing to divide, so only several GPUs need it.
-        bail!("--tensor-split: this build cannot pass a split to llama.cpp yet; use --device and --split-mode");
+        bail!(
+            "--tensor-split: {} shares for {gpus} GPU(s) (RPC servers' devices count)",
+            split.len()
+        );
     }
     Ok(())
 }
 
-/// A buffer name of `--override-tensor`: the CPU's, or a device's (`CUDA0`, `Vulkan0`).
+/// A buffer name of `--override-tensor`: the CPU's, or a device's (`CUDA0`, `Vulkan0`,
+/// `RPC0`).
 fn check_buffer(buffer: &str, devices: &[Device]) -> Result<()> {
-    if buffer.eq_ignore_ascii_case("CPU") {
+    if buffer.eq_ignore_ascii_case("CPU") || devices.iter().any(|d| d.is_gpu && d.name.eq_ignore_ascii_case(buffer)) {
         return Ok(());
-    }
-    if devices.iter().any(|d| d.is_gpu && d.name.eq_ignore_ascii_case(buffer)) {
-        // llama-cpp-2 0.1.160 can only place overridden tensors in CPU memory.
-        bail!("--override-tensor ...={buffer}: this build can move tensors to CPU memory only; use -ngl and --device for GPUs");
     }
     let mut known = vec!["CPU".to_owned()];
     known.extend(devices.iter().filter(|d| d.is_gpu).map(|d| d.name.clone()));

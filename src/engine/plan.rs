@@ -102,8 +102,8 @@ pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result
     mparams.n_gpu_layers = match load.placement.gpu_layers {
         GpuLayers::Count(n) => i32::try_from(n).unwrap_or(i32::MAX),
         GpuLayers::All => i32::MAX,
-        GpuLayers::Auto if !overrides.is_empty() => i32::MAX,
-        GpuLayers::Auto => -1,
+        GpuLayers::Auto if placement::fits_to_memory(&load.placement, &overrides) => -1,
+        GpuLayers::Auto => i32::MAX,
     };
     let mut cparams = raw_context_params(context, load.ctx_size);
 
@@ -117,15 +117,20 @@ pub fn plan(path: &Path, load: &LoadOptions, context: &ContextOptions) -> Result
         buft: std::ptr::null_mut(),
     };
     let mut fitted_overrides = vec![empty_override; max_overrides + 1];
-    let mut user_overrides: Vec<_> = patterns
-        .iter()
-        .map(|p| sys::llama_model_tensor_buft_override {
-            pattern: p.as_ptr(),
-            // SAFETY: the CPU buffer type is a static of ggml's CPU backend.
-            buft: unsafe { sys::ggml_backend_cpu_buffer_type() },
-        })
-        .collect();
+    let mut user_overrides = Vec::with_capacity(patterns.len() + 1);
+    for (pattern, o) in patterns.iter().zip(&overrides) {
+        user_overrides.push(sys::llama_model_tensor_buft_override {
+            pattern: pattern.as_ptr(),
+            buft: placement::override_buffer(&o.buffer)?,
+        });
+    }
     user_overrides.push(empty_override);
+    for (slot, share) in split.iter_mut().zip(&load.placement.tensor_split) {
+        *slot = *share;
+    }
+    if !load.placement.tensor_split.is_empty() {
+        mparams.tensor_split = split.as_ptr();
+    }
 
     if mparams.n_gpu_layers == -1 {
         let mut margins = vec![1usize << 30; max_devices.max(1)];

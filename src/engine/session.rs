@@ -455,6 +455,7 @@ pub(super) trait Evaluate<'m> {
 
 impl<'m> Evaluate<'m> for LlamaContext<'m> {
     fn evaluate(&mut self, batch: &mut LlamaBatch) -> Result<()> {
+        let _watch = super::rpc::watch();
         self.decode(batch).context("llama.cpp failed to evaluate the tokens")
     }
 

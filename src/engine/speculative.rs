@@ -98,6 +98,7 @@ impl<'m> Decoder<'m> {
 
     /// Evaluates a batch with the model and shows it to the draft context.
     pub fn decode(&mut self, batch: &mut LlamaBatch) -> Result<()> {
+        let _watch = super::rpc::watch();
         self.target_mut()
             .decode(batch)
             .map_err(|e| anyhow!("llama.cpp failed to evaluate the tokens: {e}"))?;

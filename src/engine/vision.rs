@@ -85,6 +85,7 @@ impl Projector {
     ) -> Result<usize> {
         let n_batch = ctx.n_batch() as i32;
         let n_past = i32::try_from(n_past).context("image position")?;
+        let _watch = super::rpc::watch();
         let next = image
             .chunks
             .eval_chunks(&mut self.ctx, ctx, n_past, seq, n_batch, false)
@@ -186,6 +187,7 @@ impl ChatSession<'_> {
         }
         let started = Instant::now();
         let n_batch = self.decoder.target().n_batch() as i32;
+        let _watch = super::rpc::watch();
         let n_past = chunks
             .eval_chunks(&mut projector.ctx, self.decoder.target_mut(), 0, 0, n_batch, true)
             .map_err(|e| anyhow!("llama.cpp failed to evaluate the prompt with its images: {e}"))?;

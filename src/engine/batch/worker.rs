@@ -271,6 +271,7 @@ impl<'e> Worker<'e> {
             return;
         }
         let decoded = filled.and_then(|()| {
+            let _watch = crate::engine::rpc::watch();
             self.ctx
                 .decode(&mut self.batch)
                 .map_err(|e| anyhow!("llama.cpp failed to evaluate the batch: {e}"))
