@@ -33,8 +33,12 @@ fn check_rpc_backend() {
     .iter()
     .any(|name| lib_dir.join(name).exists());
     if wanted && !built {
+        let profile = match std::env::var("PROFILE").as_deref() {
+            Ok("release") => " --release",
+            _ => "",
+        };
         panic!(
-            "llama.cpp in this build folder was compiled without its RPC backend (before glm switched GGML_RPC on); rebuild it once with `cargo clean -p llama-cpp-sys-2`"
+            "llama.cpp in this build folder was compiled without its RPC backend (before glm switched GGML_RPC on); rebuild it once with `cargo clean -p llama-cpp-sys-2{profile}` (or run scripts/setup.sh)"
         );
     }
 }

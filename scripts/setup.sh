@@ -15,9 +15,16 @@ fi
 target="${CARGO_TARGET_DIR:-target}"
 for lib in "$target"/*/build/llama-cpp-sys-2-*/out/lib*; do
     if [ -e "$lib/libggml-base.a" ] && [ ! -e "$lib/libggml-rpc.a" ]; then
-        echo "setup: rebuilding llama.cpp once, with its RPC backend" >&2
-        cargo clean -p llama-cpp-sys-2 >/dev/null 2>&1
-        break
+        # $target/<profile>/build/llama-cpp-sys-2-*/out/lib: `cargo clean -p` cleans one
+        # profile at a time.
+        profile="$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$lib")")")")")"
+        case "$profile" in
+            debug) flags=() ;;
+            release) flags=(--release) ;;
+            *) flags=(--profile "$profile") ;;
+        esac
+        echo "setup: rebuilding llama.cpp ($profile) once, with its RPC backend" >&2
+        cargo clean -p llama-cpp-sys-2 "${flags[@]}" >/dev/null 2>&1 || true
     fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
