@@ -179,54 +179,90 @@ fn a_server_that_is_not_there_is_one_line() {
     assert!(text(&output.stderr).contains("HOST:PORT"));
 }
 
+/// `glm run` generating without end on the RPC server at `endpoint`, once its first
+/// word is out.
+struct EndlessRun {
+    child: Child,
+    answer: BufReader<std::process::ChildStdout>,
+}
+
+impl EndlessRun {
+    fn start(endpoint: &str, extra: &[&str]) -> EndlessRun {
+        let model = converted("glm4moe-tiny", "q8_0");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_glm"))
+            .args([
+                "run",
+                model.to_str().expect("path"),
+                "-p",
+                "go",
+                "-n",
+                "-1",
+                "--ignore-eos",
+            ])
+            .args(["--no-think", "--rpc", endpoint, "-ngl", "all", "-c", "60000", "-t", "1"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("glm run");
+        let mut answer = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = Vec::new();
+        answer.read_until(b' ', &mut first).expect("some text");
+        assert!(!first.is_empty(), "the answer started");
+        EndlessRun { child, answer }
+    }
+
+    /// Waits (at most a minute: glm must not hang) for the end; the exit code and the
+    /// last line of stderr.
+    fn end(mut self) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "glm waits without end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        std::io::copy(&mut self.answer, &mut std::io::sink()).expect("drain");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+        assert!(!stderr.contains("backtrace") && !stderr.contains("Aborted"), "{stderr}");
+        let last = stderr.trim().lines().last().unwrap_or_default().to_owned();
+        (status.code(), last)
+    }
+}
+
 #[test]
 fn a_server_killed_mid_answer_is_one_line_and_exit_1() {
-    let model = converted("glm4moe-tiny", "q8_0");
     let mut server = RpcServer::start();
-    let mut client = Command::new(env!("CARGO_BIN_EXE_glm"))
-        .args([
-            "run",
-            model.to_str().expect("path"),
-            "-p",
-            "go",
-            "-n",
-            "-1",
-            "--ignore-eos",
-        ])
-        .args(["--rpc", &server.endpoint, "-ngl", "all", "-c", "60000", "-t", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("glm run");
-    let mut answer = BufReader::new(client.stdout.take().expect("stdout"));
-    let mut first = Vec::new();
-    answer.read_until(b' ', &mut first).expect("some text");
-    assert!(!first.is_empty(), "the answer started");
-    let connections = tcp_peers(client.id());
+    let run = EndlessRun::start(&server.endpoint, &[]);
+    let connections = tcp_peers(run.child.id());
     assert!(
         !connections.is_empty() && connections.iter().all(|peer| *peer == server.endpoint),
         "glm connects only to the servers it was given: {connections:?}"
     );
     server.child.kill().expect("kill the server");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = client.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "glm hangs on a dead server");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::io::copy(&mut answer, &mut std::io::sink()).expect("drain");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut client.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let last = stderr.trim().lines().last().unwrap_or_default();
+    let (code, last) = run.end();
+    assert_eq!(code, Some(1), "{last}");
+    assert!(last.starts_with("error: ") && last.contains(&server.endpoint), "{last}");
+}
+
+#[test]
+fn a_server_that_stops_answering_times_out_with_one_line() {
+    let server = RpcServer::start();
+    let run = EndlessRun::start(&server.endpoint, &["--rpc-timeout", "2"]);
+    // A frozen machine: the connection stays open, nothing answers.
+    // SAFETY: signals the server process this test started and still owns.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGSTOP) };
+    let (code, last) = run.end();
+    // SAFETY: as above; the server is killed when `server` drops.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGCONT) };
+    assert_eq!(code, Some(1), "{last}");
     assert!(
-        last.starts_with("error: ") && last.contains(&server.endpoint),
-        "{stderr}"
+        last.contains("took over 2 s") && last.contains(&server.endpoint),
+        "{last}"
     );
-    assert!(!stderr.contains("backtrace") && !stderr.contains("Aborted"), "{stderr}");
 }
 
 /// The remote ends (`IP:PORT`) of the TCP connections process `pid` holds, from /proc.
@@ -309,63 +345,5 @@ fn the_server_says_what_it_serves_warns_off_loopback_and_stops_on_sigterm() {
         text(&unknown.stderr).contains("no device \"NOPE\"; the devices are: CPU"),
         "{}",
         text(&unknown.stderr)
-    );
-}
-
-#[test]
-fn a_server_that_stops_answering_times_out_with_one_line() {
-    let model = converted("glm4moe-tiny", "q8_0");
-    let server = RpcServer::start();
-    let mut client = Command::new(env!("CARGO_BIN_EXE_glm"))
-        .args([
-            "run",
-            model.to_str().expect("path"),
-            "-p",
-            "go",
-            "-n",
-            "-1",
-            "--ignore-eos",
-        ])
-        .args([
-            "--no-think",
-            "--rpc",
-            &server.endpoint,
-            "-ngl",
-            "all",
-            "-c",
-            "60000",
-            "-t",
-            "1",
-        ])
-        .args(["--rpc-timeout", "2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("glm run");
-    let mut answer = BufReader::new(client.stdout.take().expect("stdout"));
-    let mut first = Vec::new();
-    answer.read_until(b' ', &mut first).expect("some text");
-    // A frozen machine: the connection stays open, nothing answers.
-    // SAFETY: signals the server process this test started and still owns.
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGSTOP) };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = client.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "glm waits without end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // SAFETY: as above; the server is killed when `server` drops.
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGCONT) };
-    std::io::copy(&mut answer, &mut std::io::sink()).expect("drain");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut client.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let last = stderr.trim().lines().last().unwrap_or_default();
-    assert!(
-        last.contains("took over 2 s") && last.contains(&server.endpoint),
-        "{stderr}"
     );
 }

@@ -1,6 +1,6 @@
 use anyhow::Result;
 
-/// `glm devices`: what llama.cpp sees (with `--rpc`, the servers' devices first), one
+/// `glm devices`: what llama.cpp sees (with `--rpc`, the servers' devices too), one
 /// device per line.
 pub fn run(args: &crate::cli::DevicesArgs) -> Result<()> {
     crate::engine::rpc::connect(&args.rpc)?;

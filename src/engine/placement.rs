@@ -103,11 +103,12 @@ pub(super) fn model_params(path: &Path, header: &GgufHeader, options: &LoadOptio
             .with_devices(&chosen_device_indices(placement)?)
             .map_err(|e| anyhow!("--device: {e}"))?;
     }
-    let fit = fits_to_memory(placement, &overrides) && !options.vocab_only;
+    let auto_fit = fits_to_memory(placement, &overrides);
+    let fit = auto_fit && !options.vocab_only;
     match placement.gpu_layers {
         GpuLayers::Count(n) => params = params.with_n_gpu_layers(n),
         GpuLayers::All => params = params.with_n_gpu_layers(u32::MAX),
-        GpuLayers::Auto if !fits_to_memory(placement, &overrides) => params = params.with_n_gpu_layers(u32::MAX),
+        GpuLayers::Auto if !auto_fit => params = params.with_n_gpu_layers(u32::MAX),
         GpuLayers::Auto => {}
     }
     let mut params = Box::pin(params);
