@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use crate::error::{read_json, ConvertError, Result};
+use crate::fp8::{Scale, ScaleLayout};
 
 /// Element types we can read from a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub enum SourceDtype {
     F32,
     F16,
     BF16,
+    /// FP8 (E4M3), with a scale tensor beside it (see `fp8`).
+    F8E4M3,
 }
 
 impl SourceDtype {
@@ -25,6 +28,7 @@ impl SourceDtype {
         match self {
             SourceDtype::F32 => 4,
             SourceDtype::F16 | SourceDtype::BF16 => 2,
+            SourceDtype::F8E4M3 => 1,
         }
     }
 
@@ -46,6 +50,43 @@ impl SourceDtype {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
+            SourceDtype::F8E4M3 => crate::fp8::decode_e4m3(bytes, out),
+        }
+    }
+}
+
+/// Decodes rows of one tensor to f32: its element type, and for an FP8 weight its scales
+/// (read once per tensor, a few values per block).
+#[derive(Debug, Clone)]
+pub struct RowDecoder {
+    dtype: SourceDtype,
+    row_len: usize,
+    scales: Option<(ScaleLayout, Vec<f32>, usize)>,
+}
+
+impl RowDecoder {
+    /// A decoder of plain elements (no scales).
+    pub fn plain(dtype: SourceDtype, row_len: usize) -> Self {
+        Self {
+            dtype,
+            row_len,
+            scales: None,
+        }
+    }
+
+    pub fn dtype(&self) -> SourceDtype {
+        self.dtype
+    }
+
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// Decodes whole rows, the first of which is row `first_row` of the tensor.
+    pub fn decode(&self, first_row: usize, bytes: &[u8], out: &mut [f32]) {
+        self.dtype.decode_into(bytes, out);
+        if let Some((layout, scales, scale_cols)) = &self.scales {
+            crate::fp8::apply(*layout, scales, *scale_cols, self.row_len, first_row, out);
         }
     }
 }
@@ -61,6 +102,8 @@ pub struct TensorEntry {
     /// Absolute byte range inside the shard file.
     start: usize,
     end: usize,
+    /// The scales of an FP8 weight.
+    pub scale: Option<Scale>,
 }
 
 impl TensorEntry {
@@ -95,8 +138,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Opens `model.safetensors.index.json` + shards, or `model.safetensors`, or every
-    /// `*.safetensors` file of the folder.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// `*.safetensors` file of the folder. FP8 weights take their scale tensors, which
+    /// then are not tensors of the model; `fp8_block` is the config's
+    /// `weight_block_size`, if any.
+    pub fn open(dir: &Path, fp8_block: Option<[usize; 2]>) -> Result<Self> {
         let files = shard_files(dir)?;
         let mut checkpoint = Checkpoint {
             shards: Vec::with_capacity(files.len()),
@@ -105,7 +150,69 @@ impl Checkpoint {
         for path in files {
             checkpoint.add_shard(path)?;
         }
+        checkpoint.attach_fp8_scales(fp8_block)?;
         Ok(checkpoint)
+    }
+
+    fn attach_fp8_scales(&mut self, block: Option<[usize; 2]>) -> Result<()> {
+        let fp8: Vec<String> = self
+            .tensors
+            .values()
+            .filter(|e| e.dtype == SourceDtype::F8E4M3)
+            .map(|e| e.name.clone())
+            .collect();
+        for name in fp8 {
+            let weight = &self.tensors[&name];
+            let found = crate::fp8::scale_names(&name)
+                .into_iter()
+                .find(|candidate| self.tensors.contains_key(candidate));
+            let path = self.shards[weight.shard].path.clone();
+            let bad = |reason: String| ConvertError::Safetensors {
+                path: path.clone(),
+                reason: format!("FP8 tensor {name}: {reason}"),
+            };
+            let Some(scale_name) = found else {
+                return Err(bad(format!(
+                    "no scale tensor ({name}_scale_inv or {name}_scale) beside it"
+                )));
+            };
+            let scale = self
+                .tensors
+                .remove(&scale_name)
+                .ok_or_else(|| bad("scale vanished".into()))?;
+            let layout = crate::fp8::layout(&self.tensors[&name], &scale, block).map_err(bad)?;
+            if let Some(weight) = self.tensors.get_mut(&name) {
+                weight.scale = Some(Scale {
+                    entry: Box::new(scale),
+                    layout,
+                });
+            }
+        }
+        let has_fp8 = self.tensors.values().any(|e| e.scale.is_some());
+        if has_fp8 {
+            self.tensors.retain(|name, _| !crate::fp8::is_activation_scale(name));
+        }
+        Ok(())
+    }
+
+    /// The decoder of `entry`'s rows (its FP8 scales read now).
+    pub fn row_decoder(&self, entry: &TensorEntry) -> RowDecoder {
+        let Some(scale) = &entry.scale else {
+            return RowDecoder::plain(entry.dtype, entry.row_len());
+        };
+        let scale_entry = &scale.entry;
+        let bytes = self.row_bytes_raw(scale_entry, 0..scale_entry.n_elements() * scale_entry.dtype.size());
+        let mut values = vec![0f32; scale_entry.n_elements()];
+        scale_entry.dtype.decode_into(bytes, &mut values);
+        let scale_cols = match scale_entry.shape.as_slice() {
+            [_, cols] => *cols,
+            _ => 1,
+        };
+        RowDecoder {
+            dtype: entry.dtype,
+            row_len: entry.row_len(),
+            scales: Some((scale.layout, values, scale_cols)),
+        }
     }
 
     fn add_shard(&mut self, path: PathBuf) -> Result<()> {
@@ -128,6 +235,7 @@ impl Checkpoint {
                 shard,
                 start: info.start,
                 end: info.end,
+                scale: None,
             };
             if self.tensors.insert(name.clone(), entry).is_some() {
                 return Err(ConvertError::Safetensors {
@@ -227,9 +335,10 @@ pub fn shard_entries(bytes: &[u8]) -> std::result::Result<Vec<TensorEntryInfo>, 
             Dtype::F32 => SourceDtype::F32,
             Dtype::F16 => SourceDtype::F16,
             Dtype::BF16 => SourceDtype::BF16,
+            Dtype::F8_E4M3 => SourceDtype::F8E4M3,
             other => {
                 return Err(format!(
-                    "tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"
+                    "tensor {name} has dtype {other:?}; only F32, F16, BF16 and F8_E4M3 (FP8) are supported"
                 ))
             }
         };

@@ -176,6 +176,39 @@ fn vision_eps() -> f64 {
     1e-5
 }
 
+/// Refuses checkpoints quantized in a way glm cannot read: FP8 (E4M3) is read, as
+/// `quant_method` `fp8` or compressed-tensors' `float-quantized` format.
+fn check_quantization(path: &Path, root: &Value) -> Result<()> {
+    let Some(quantization) = root.get("quantization_config") else {
+        return Ok(());
+    };
+    let method = quantization
+        .get("quant_method")
+        .and_then(Value::as_str)
+        .unwrap_or("(none given)");
+    let supported = "glm reads BF16, F16 and F32 checkpoints, and FP8 ones (quant_method fp8, or compressed-tensors in float-quantized format)";
+    match method {
+        "fp8" => match quantization.get("fmt").and_then(Value::as_str) {
+            None | Some("e4m3") | Some("float8_e4m3fn") => Ok(()),
+            Some(other) => Err(ConvertError::config(
+                path,
+                format!("quantization_config: FP8 format {other:?} is not supported; {supported}"),
+            )),
+        },
+        "compressed-tensors" => match quantization.get("format").and_then(Value::as_str) {
+            Some("float-quantized") | Some("naive-quantized") | None => Ok(()),
+            Some(other) => Err(ConvertError::config(
+                path,
+                format!("quantization_config: compressed-tensors format {other:?} is not supported; {supported}"),
+            )),
+        },
+        other => Err(ConvertError::config(
+            path,
+            format!("quantization_config: the checkpoint is quantized with {other:?}; {supported}"),
+        )),
+    }
+}
+
 /// GLM rotates the first half of each head unless the config says otherwise.
 const DEFAULT_ROTARY_FRACTION: f64 = 0.5;
 
@@ -213,6 +246,7 @@ impl HfConfig {
             root.extend(text);
         }
         let root = Value::Object(root);
+        check_quantization(&path, &root)?;
         let vision = match root.get("vision_config") {
             Some(section @ Value::Object(_)) => Some(keyed::parse(&path, section, "vision_config")?),
             _ => None,
@@ -228,6 +262,31 @@ impl HfConfig {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `quantization_config.weight_block_size` of an FP8 checkpoint (rows, columns), or
+    /// the block structure of compressed-tensors' block strategy.
+    pub fn fp8_block_size(&self) -> Result<Option<[usize; 2]>> {
+        let Some(quantization) = self.root.get("quantization_config") else {
+            return Ok(None);
+        };
+        let block = quantization.get("weight_block_size").or_else(|| {
+            quantization
+                .get("config_groups")
+                .and_then(Value::as_object)
+                .and_then(|groups| groups.values().find_map(|g| g.pointer("/weights/block_structure")))
+        });
+        match block {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(pair)) if pair.len() == 2 => {
+                let size = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
+                match (size(&pair[0]), size(&pair[1])) {
+                    (Some(rows), Some(cols)) => Ok(Some([rows, cols])),
+                    _ => Err(self.error("quantization_config: the block size must be two positive integers")),
+                }
+            }
+            Some(_) => Err(self.error("quantization_config: the block size must be two positive integers")),
+        }
     }
 
     pub fn text(&self) -> &TextConfig {

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod fp8;
 pub mod gguf;
 pub mod imatrix;
 pub mod mmproj;

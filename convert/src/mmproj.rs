@@ -42,7 +42,7 @@ pub fn convert_mmproj(
     let Some(vision) = config.vision() else {
         return Ok(None);
     };
-    let checkpoint = Checkpoint::open(input)?;
+    let checkpoint = Checkpoint::open(input, config.fp8_block_size()?)?;
     let mut planned = Vec::new();
     for entry in checkpoint.entries() {
         let Some(name) = entry

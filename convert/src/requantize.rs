@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::checkpoint::SourceDtype;
+use crate::checkpoint::{RowDecoder, SourceDtype};
 use crate::error::{ConvertError, Result};
 use crate::gguf::{self, MetaValue, TensorHeader};
 use crate::preset::{ModelFacts, TypePlanner};
@@ -118,7 +118,7 @@ fn reencode<W: Write>(
     let slab_bytes = rows_per_slab * row_bytes;
     for (slab, slab_data) in bytes.chunks(slab_bytes).enumerate() {
         for (index, chunk) in slab_data.chunks(rows_per_chunk * row_bytes).enumerate() {
-            written += encode_rows(out, chunk, dtype, row_len, encoder, slab)?;
+            written += encode_rows(out, chunk, &RowDecoder::plain(dtype, row_len), 0, encoder, slab)?;
             let start = slab * slab_bytes + index * rows_per_chunk * row_bytes;
             consumed(start..start + chunk.len());
         }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::arch::{self, Architecture, PlanOptions, PlannedTensor, SourceSlice};
-use crate::checkpoint::{Checkpoint, SourceDtype, TensorEntry};
+use crate::checkpoint::{Checkpoint, RowDecoder, TensorEntry};
 use crate::config::HfConfig;
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{self, Metadata, TensorHeader};
@@ -120,7 +120,7 @@ fn prepare(input: &Path, options: &ConvertOptions) -> Result<Prepared> {
         name: hf_arch.clone(),
         supported: arch::supported().join(", "),
     })?;
-    let checkpoint = Checkpoint::open(input)?;
+    let checkpoint = Checkpoint::open(input, config.fp8_block_size()?)?;
     let planned = arch.plan(&config, &checkpoint, &options.plan)?;
     let layers = arch::layer_counts(&config, &planned)?;
     // The preset's conditions read the same hyper-parameter keys the file will carry.
@@ -452,14 +452,22 @@ fn write_tensor<W: Write>(
         let entry = source_entry(checkpoint, slice).map_err(WriteError::Convert)?;
         let rows = slice_rows(slice, entry).map_err(WriteError::Convert)?;
         if slice.elements {
+            if entry.scale.is_some() {
+                return Err(WriteError::Convert(ConvertError::tensor(
+                    &entry.name,
+                    "an FP8 tensor read element by element (a bug in glm's plan)",
+                )));
+            }
             let size = entry.dtype.size();
             let bytes = checkpoint.row_bytes_raw(entry, rows.start * size..rows.end * size);
-            written += encode_rows(out, bytes, entry.dtype, rows.len(), encoder, index)?;
+            let decoder = RowDecoder::plain(entry.dtype, rows.len());
+            written += encode_rows(out, bytes, &decoder, 0, encoder, index)?;
             progress.advance(slice_bytes(slice, entry));
             continue;
         }
+        let decoder = checkpoint.row_decoder(entry);
         if slice.transpose {
-            written += write_transposed(out, checkpoint, entry, rows.clone(), encoder, index)?;
+            written += write_transposed(out, checkpoint, entry, &decoder, rows.clone(), encoder, index)?;
             progress.advance(slice_bytes(slice, entry));
             continue;
         }
@@ -468,7 +476,7 @@ fn write_tensor<W: Write>(
         while row < rows.end {
             let end = (row + rows_per_chunk).min(rows.end);
             let bytes = checkpoint.row_bytes(entry, row..end);
-            written += encode_rows(out, bytes, entry.dtype, entry.row_len(), encoder, index)?;
+            written += encode_rows(out, bytes, &decoder, row, encoder, index)?;
             checkpoint.release_rows(entry, row..end);
             progress.advance(bytes.len() as u64);
             row = end;
@@ -494,14 +502,16 @@ fn write_transposed<W: Write>(
     out: &mut W,
     checkpoint: &Checkpoint,
     entry: &TensorEntry,
+    decoder: &RowDecoder,
     rows: Range<usize>,
     encoder: &Encoder,
     source: usize,
 ) -> Result<u64, WriteError> {
     let (n_rows, row_len) = (rows.len(), entry.row_len());
+    let first_row = rows.start;
     let bytes = checkpoint.row_bytes(entry, rows);
     let mut values = vec![0f32; n_rows * row_len];
-    entry.dtype.decode_into(bytes, &mut values);
+    decoder.decode(first_row, bytes, &mut values);
     let transposed: Vec<f32> = (0..row_len)
         .flat_map(|c| (0..n_rows).map(move |r| (r, c)))
         .map(|(r, c)| values[r * row_len + c])
@@ -511,24 +521,26 @@ fn write_transposed<W: Write>(
     Ok(encoded.len() as u64)
 }
 
-/// Decodes whole rows of `dtype` values and encodes them, split across threads, writing
-/// the parts in order.
+/// Decodes whole rows (the first being row `first_row` of the tensor) and encodes them,
+/// split across threads, writing the parts in order.
 pub(crate) fn encode_rows<W: Write>(
     out: &mut W,
     bytes: &[u8],
-    dtype: SourceDtype,
-    row_len: usize,
+    decoder: &RowDecoder,
+    first_row: usize,
     encoder: &Encoder,
     source: usize,
 ) -> Result<u64, WriteError> {
-    let src_row_bytes = row_len * dtype.size();
+    let size = decoder.dtype().size();
+    let src_row_bytes = decoder.row_len() * size;
     // Whole source rows per task keep quantization blocks intact.
     let rows_per_task = (bytes.len() / src_row_bytes / rayon::current_num_threads().max(1)).max(1);
     let parts: Vec<Vec<u8>> = bytes
         .par_chunks(rows_per_task * src_row_bytes)
-        .map(|part| {
-            let mut values = vec![0f32; part.len() / dtype.size()];
-            dtype.decode_into(part, &mut values);
+        .enumerate()
+        .map(|(task, part)| {
+            let mut values = vec![0f32; part.len() / size];
+            decoder.decode(first_row + task * rows_per_task, part, &mut values);
             encoder.encode(&values, source)
         })
         .collect::<Result<_, _>>()?;
