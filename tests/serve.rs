@@ -683,30 +683,33 @@ fn concurrent_requests_answer_as_they_would_alone() {
         "Count to five",
         "Tell me a joke",
     ];
-    let alone: Vec<Value> = prompts
+    let requests: Vec<Value> = prompts.iter().map(|p| chat_request(p, 10)).collect();
+    let (alone, together) = alone_and_together(&server, &requests);
+    assert_eq!(together, alone);
+}
+
+/// The answer (`message.content`) to each chat request sent alone, one after another,
+/// then to all of them sent at once; every response must be a 200.
+fn alone_and_together(server: &Server, requests: &[Value]) -> (Vec<String>, Vec<String>) {
+    let content = |(status, body): (u16, Value)| {
+        assert_eq!(status, 200, "{body}");
+        answer(&body)
+    };
+    let alone = requests
         .iter()
-        .map(|p| {
-            server.post("/v1/chat/completions", &chat_request(p, 10)).1["choices"][0]["message"]["content"].clone()
-        })
+        .map(|r| content(server.post("/v1/chat/completions", r)))
         .collect();
-    let together: Vec<Value> = std::thread::scope(|scope| {
-        let handles: Vec<_> = prompts
+    let together = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
             .iter()
-            .map(|p| {
-                let server = &server;
-                scope.spawn(move || server.post("/v1/chat/completions", &chat_request(p, 10)))
-            })
+            .map(|r| scope.spawn(move || server.post("/v1/chat/completions", r)))
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                let (status, body) = h.join().expect("thread");
-                assert_eq!(status, 200, "{body}");
-                body["choices"][0]["message"]["content"].clone()
-            })
+            .map(|h| content(h.join().expect("thread")))
             .collect()
     });
-    assert_eq!(together, alone);
+    (alone, together)
 }
 
 /// The GLM-4.5V-shaped fixture converted with `glm convert`, its projector beside it.
@@ -844,23 +847,7 @@ fn images_in_requests_answer_as_glm_run_does() {
         image_request(&[], question),
         image_request(&[&tall], "Describe it."),
     ];
-    let alone: Vec<String> = requests
-        .iter()
-        .map(|r| answer(&server.post("/v1/chat/completions", r).1))
-        .collect();
-    let together: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = requests
-            .iter()
-            .map(|r| {
-                let server = &server;
-                scope.spawn(move || server.post("/v1/chat/completions", r))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| answer(&h.join().expect("thread").1))
-            .collect()
-    });
+    let (alone, together) = alone_and_together(&server, &requests);
     assert_eq!(together, alone);
     assert_eq!(alone[0], answer(&body));
 }

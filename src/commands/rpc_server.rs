@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::RpcServerArgs;
+use crate::engine::Device;
 
 pub fn run(args: &RpcServerArgs) -> Result<()> {
     let endpoint = crate::engine::rpc::parse_endpoint(&format!("{}:{}", args.host, args.port))
@@ -18,8 +19,9 @@ pub fn run(args: &RpcServerArgs) -> Result<()> {
         TcpListener::bind((args.host.as_str(), args.port)).with_context(|| format!("cannot listen on {endpoint}"))?;
     let address = probe.local_addr().context("reading the listening address")?;
     drop(probe);
-    let devices = chosen_devices(&args.devices)?;
-    let memory = memory_of(&devices)?;
+    let chosen = chosen_devices(&args.devices)?;
+    let memory = memory_of(&chosen);
+    let devices: Vec<String> = chosen.into_iter().map(|d| d.name).collect();
     let cache = args.cache.as_ref().map(|dir| cache_dir(dir.as_ref())).transpose()?;
     let threads = args.threads.unwrap_or_else(super::physical_cores) as usize;
     warn_if_exposed(address.ip());
@@ -51,38 +53,38 @@ pub fn run(args: &RpcServerArgs) -> Result<()> {
 
 /// The devices asked for, checked by name; else the GPUs, else the CPU (as llama.cpp's
 /// rpc-server chooses).
-fn chosen_devices(asked: &[String]) -> Result<Vec<String>> {
+fn chosen_devices(asked: &[String]) -> Result<Vec<Device>> {
     let devices = crate::engine::devices()?;
     if asked.is_empty() {
-        let gpus: Vec<String> = devices
+        let gpus: Vec<Device> = devices
             .iter()
             .filter(|d| d.kind == "GPU" || d.kind == "iGPU")
-            .map(|d| d.name.clone())
+            .cloned()
             .collect();
         if !gpus.is_empty() {
             return Ok(gpus);
         }
-        return match devices.iter().find(|d| d.kind == "CPU") {
-            Some(cpu) => Ok(vec![cpu.name.clone()]),
+        return match devices.into_iter().find(|d| d.kind == "CPU") {
+            Some(cpu) => Ok(vec![cpu]),
             None => bail!("llama.cpp sees no device to serve"),
         };
     }
-    for name in asked {
-        if !devices.iter().any(|d| &d.name == name) {
-            let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
-            bail!("--device: no device {name:?}; the devices are: {}", names.join(", "));
-        }
-    }
-    Ok(asked.to_vec())
+    asked
+        .iter()
+        .map(|name| {
+            devices.iter().find(|d| &d.name == name).cloned().ok_or_else(|| {
+                let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+                anyhow::anyhow!("--device: no device {name:?}; the devices are: {}", names.join(", "))
+            })
+        })
+        .collect()
 }
 
 /// "CPU (23.5 GiB free of 23.5 GiB)" for each device.
-fn memory_of(names: &[String]) -> Result<String> {
+fn memory_of(devices: &[Device]) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
-    let devices = crate::engine::devices()?;
-    Ok(names
+    devices
         .iter()
-        .filter_map(|name| devices.iter().find(|d| &d.name == name))
         .map(|d| {
             format!(
                 "{} ({:.1} GiB free of {:.1} GiB)",
@@ -92,7 +94,7 @@ fn memory_of(names: &[String]) -> Result<String> {
             )
         })
         .collect::<Vec<_>>()
-        .join(", "))
+        .join(", ")
 }
 
 /// The weights cache: the folder given, or for `--cache` alone glm's cache folder's

@@ -71,8 +71,13 @@ pub struct JobImage {
 impl Job {
     /// Cells the prompt takes in a sequence's cache: its text and its images.
     pub fn prompt_tokens(&self) -> usize {
-        self.prompt.len() + self.images.iter().map(|i| i.image.tokens()).sum::<usize>()
+        prompt_cells(self.prompt.len(), &self.images)
     }
+}
+
+/// Cells a prompt of `text_tokens` tokens and `images` takes in a sequence's cache.
+pub fn prompt_cells(text_tokens: usize, images: &[JobImage]) -> usize {
+    text_tokens + images.iter().map(|i| i.image.tokens()).sum::<usize>()
 }
 
 /// A generated token's log-probability, and the best alternatives (for `logprobs`).

@@ -35,7 +35,7 @@ pub struct Prompt {
 impl Prompt {
     /// Cells the prompt takes in the cache, its images' included.
     pub fn total_tokens(&self) -> usize {
-        self.tokens.len() + self.images.iter().map(|i| i.image.tokens()).sum::<usize>()
+        crate::engine::batch::prompt_cells(self.tokens.len(), &self.images)
     }
 }
 
