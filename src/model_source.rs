@@ -198,6 +198,7 @@ pub(crate) fn convert_into_cache(
         importance: None,
         name,
         plan: Default::default(),
+        output: Default::default(),
     };
     glm_convert::files::check_output(file, &[source], true)?;
     glm_convert::files::check_output(projector, &[source], true)?;

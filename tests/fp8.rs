@@ -35,6 +35,7 @@ fn convert(model: &str, preset: &str, out: &Path) {
         importance: None,
         name: Some("same".into()),
         plan: Default::default(),
+        output: Default::default(),
     };
     glm_convert::convert(&model_dir(model), out, &options, &()).unwrap_or_else(|e| panic!("converting {model}: {e}"));
 }
@@ -93,6 +94,7 @@ fn convert_error(dir: &Path) -> String {
         importance: None,
         name: None,
         plan: Default::default(),
+        output: Default::default(),
     };
     let out = tempfile::tempdir().expect("temp dir");
     glm_convert::convert(dir, &out.path().join("x.gguf"), &options, &())

@@ -459,6 +459,7 @@ fn mmproj_has_clip_keys_and_split_patch_kernels() {
         importance: None,
         name: None,
         plan: Default::default(),
+        output: Default::default(),
     };
     let summary =
         glm_convert::mmproj::convert_mmproj(&model_dir(model), &output, glm_convert::GgmlType::F32, &options, &())
@@ -558,6 +559,7 @@ fn progress_ends_at_its_total() {
             importance: None,
             name: None,
             plan: Default::default(),
+            output: Default::default(),
         };
         glm_convert::convert(&model_dir(model), &dir.path().join("out.gguf"), &options, &progress).expect("convert");
         let total = progress.total.load(std::sync::atomic::Ordering::SeqCst);

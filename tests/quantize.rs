@@ -18,7 +18,19 @@ use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, Preset};
 /// layers for the "more bits" layer pattern to matter.
 fn k_quant_checkpoint() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
+    DIR.get_or_init(|| k_quant_shaped(Channels::Even)).path()
+}
+
+/// As [`k_quant_checkpoint`], with the outlier channels of real models: the norms scale a
+/// few hidden channels far above the rest, so the matrices' inputs are uneven across
+/// columns (what an importance matrix captures).
+fn outlier_checkpoint() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| k_quant_shaped(Channels::Outliers)).path()
+}
+
+fn k_quant_shaped(channels: Channels) -> tempfile::TempDir {
+    {
         let (hidden, ffn, layers, heads, kv_heads, head_dim) = (256usize, 768usize, 8usize, 4usize, 2usize, 64usize);
         let mut config = read_json(&model_dir("glm4-tiny").join("config.json"));
         config["hidden_size"] = hidden.into();
@@ -51,14 +63,27 @@ fn k_quant_checkpoint() -> &'static Path {
                 (p("mlp.down_proj.weight"), vec![hidden, ffn]),
             ]);
         }
-        write_checkpoint("glm4-tiny", &config, shapes)
-    })
-    .path()
+        write_checkpoint("glm4-tiny", &config, shapes, channels)
+    }
+}
+
+/// How a checkpoint's norm weights scale the hidden channels.
+#[derive(Clone, Copy, PartialEq)]
+enum Channels {
+    /// All near 1.
+    Even,
+    /// One channel in 32 eight times the others.
+    Outliers,
 }
 
 /// A checkpoint folder with the tokenizer files of fixture `source`, `config` and random
 /// BF16 tensors of the given shapes (F32 for the router's correction bias, as released).
-fn write_checkpoint(source: &str, config: &serde_json::Value, shapes: Vec<(String, Vec<usize>)>) -> tempfile::TempDir {
+fn write_checkpoint(
+    source: &str,
+    config: &serde_json::Value,
+    shapes: Vec<(String, Vec<usize>)>,
+    channels: Channels,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let source = model_dir(source);
     for file in [
@@ -83,7 +108,14 @@ fn write_checkpoint(source: &str, config: &serde_json::Value, shapes: Vec<(Strin
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
             let norm = shape.len() == 1 && name.ends_with("norm.weight");
-            let values = (0..n).map(|_| if norm { 1.0 + 0.1 * uniform() } else { 0.2 * uniform() });
+            // The norms before attention and MLP (not those that feed the residual stream).
+            let feeds_matrices =
+                name.ends_with("input_layernorm.weight") || name.ends_with("post_attention_layernorm.weight");
+            let values = (0..n).map(|i| match (norm, channels) {
+                (true, Channels::Outliers) if feeds_matrices && i % 32 == 5 => 8.0 + uniform(),
+                (true, _) => 1.0 + 0.1 * uniform(),
+                (false, _) => 0.2 * uniform(),
+            });
             if name.ends_with("e_score_correction_bias") {
                 let bytes = values.flat_map(f32::to_le_bytes).collect();
                 (name, shape, safetensors::Dtype::F32, bytes)
@@ -234,7 +266,7 @@ fn moe_checkpoint(shape: MoeShape) -> tempfile::TempDir {
             ]);
         }
     }
-    write_checkpoint(source, &config, shapes)
+    write_checkpoint(source, &config, shapes, Channels::Even)
 }
 
 /// The synthetic MoE checkpoints, made once per test process: GLM-4.5 shaped with 8
@@ -273,6 +305,7 @@ fn convert_with_importance(input: &Path, preset: &str, output: &Path, importance
         importance,
         name: None,
         plan: Default::default(),
+        output: Default::default(),
     };
     glm_convert::convert(input, output, &options, &()).unwrap_or_else(|e| panic!("{preset}: {e}"));
 }
@@ -384,6 +417,7 @@ equivalence_tests! {
     q5_k_m_matches_llama_quantize => "q5_k_m",
     q4_k_s_matches_llama_quantize => "q4_k_s",
     q5_k_s_matches_llama_quantize => "q5_k_s",
+    iq4_xs_matches_llama_quantize => "iq4_xs",
 }
 
 /// llama.cpp's mixture depends on the model, not only on tensor names: 8-expert models
@@ -408,6 +442,7 @@ moe_equivalence_tests! {
     q5_k_m_matches_llama_quantize_on_moe => "q5_k_m",
     q4_k_s_matches_llama_quantize_on_moe => "q4_k_s",
     q5_k_s_matches_llama_quantize_on_moe => "q5_k_s",
+    iq4_xs_matches_llama_quantize_on_moe => "iq4_xs",
 }
 
 /// `glm quantize` from an F32 GGUF gives the same file as the one-pass conversion: the
@@ -424,6 +459,7 @@ fn assert_requantize_equals_one_pass(input: &Path, label: &str, preset: &str) ->
         importance: None,
         name: None,
         plan: Default::default(),
+        output: Default::default(),
     };
     glm_convert::requantize(&f32_file, &requantized, &options, &()).expect("requantize");
     assert_same_tensors(&requantized, &one_pass, &format!("{label}: requantize {preset}"));
@@ -489,12 +525,18 @@ fn importance_matrix_matches_llama_quantize() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = k_quant_checkpoint();
     let importance = importance_for(&f32_conversion(input), dir.path());
-    for preset in ["q4_k_m", "q4_0", "q5_k_s"] {
+    for preset in ["q4_k_m", "q4_0", "q5_k_s", "iq4_xs"] {
         let with = check_equivalence_with(input, "Glm4", preset, Some(&importance));
         if preset == "q4_0" {
             assert!(
                 with.contains(&GgmlType::Q4_1),
                 "Q4_0 with an imatrix guards early ffn_down with Q4_1"
+            );
+        }
+        if preset == "iq4_xs" {
+            assert!(
+                !with.contains(&GgmlType::Q5K),
+                "IQ4_XS guards early ffn_down with Q5_K only without an imatrix"
             );
         }
     }
@@ -516,7 +558,7 @@ fn importance_matrix_matches_llama_quantize_on_moe() {
     for (shape, input) in moe_checkpoints().iter().filter(|(s, _)| s.experts == 8) {
         let dir = tempfile::tempdir().expect("temp dir");
         let importance = importance_for(&f32_conversion(input.path()), dir.path());
-        for preset in ["q4_k_m", "q4_0", "q5_k_s"] {
+        for preset in ["q4_k_m", "q4_0", "q5_k_s", "iq4_xs"] {
             check_equivalence_with(input.path(), &format!("{shape:?}"), preset, Some(&importance));
         }
     }
@@ -542,6 +584,7 @@ fn importance_only_types_need_an_imatrix() {
         importance: None,
         name: None,
         plan: Default::default(),
+        output: Default::default(),
     };
     let err = glm_convert::convert(input, &output, &options, &()).expect_err("must refuse");
     assert!(err.to_string().contains("IQ2_XXS needs an importance matrix"), "{err}");
@@ -560,4 +603,57 @@ fn importance_only_types_need_an_imatrix() {
     };
     let logits = engine.logits(&[1, 2, 3], false, &context).expect("logits");
     assert!(logits[0].iter().all(|v| v.is_finite()));
+}
+
+/// What an importance matrix is for: a matrix `glm imatrix` computes from a text makes
+/// the Q4_K_M and IQ4_XS models closer to F32 (mean KL divergence of the next-token
+/// distributions over a text the matrix never saw) than the same presets without one.
+#[test]
+fn a_computed_imatrix_brings_quantized_models_closer_to_f32() {
+    use glm::engine::{ContextOptions, Engine, LoadOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f32_file = f32_conversion(outlier_checkpoint());
+    let matrix = dir.path().join("imatrix.gguf");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glm"))
+        .arg("imatrix")
+        .arg(&f32_file)
+        .arg("-f")
+        .arg(fixtures().join("imatrix").join("calibration.txt"))
+        .args(["-c", "128", "-t", "2", "-o"])
+        .arg(&matrix)
+        .output()
+        .expect("run glm imatrix");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let importance = ImportanceMatrix::load(&matrix).expect("load the computed matrix");
+
+    let held_out = "A harbour at dusk: the ferries come in one by one, the gulls settle on the \
+                    posts, and the lights of the town come on along the water. Somebody is \
+                    frying fish; somebody else is arguing about the price of diesel.";
+    let context = ContextOptions::with_threads(2);
+    let logits = |path: &Path| {
+        let engine = Engine::load(path, &LoadOptions::default()).expect("load");
+        let tokens = engine.tokenize(held_out);
+        engine.logits(&tokens, true, &context).expect("logits")
+    };
+    let reference = logits(&f32_file);
+    let mean_kl = |path: &Path| {
+        let rows = logits(path);
+        rows.iter()
+            .zip(&reference)
+            .map(|(q, p)| kl_divergence(p, q))
+            .sum::<f64>()
+            / rows.len() as f64
+    };
+    for preset in ["q4_k_m", "iq4_xs"] {
+        let without = dir.path().join(format!("{preset}.gguf"));
+        let with = dir.path().join(format!("{preset}-imatrix.gguf"));
+        convert_with_importance(outlier_checkpoint(), preset, &without, None);
+        convert_with_importance(outlier_checkpoint(), preset, &with, Some(&importance));
+        let (kl_without, kl_with) = (mean_kl(&without), mean_kl(&with));
+        eprintln!("{preset}: mean KL {kl_without:.6} without the matrix, {kl_with:.6} with it");
+        assert!(
+            kl_with < kl_without,
+            "{preset}: the matrix made it worse ({kl_with} vs {kl_without})"
+        );
+    }
 }

@@ -235,27 +235,96 @@ pub fn write_atomically<T, E: From<ConvertError>>(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
-    let target = resolved(path);
-    let folder = parent_folder(&target);
-    let prefix = format!(
-        ".{}.",
-        target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-    );
-    let temp = temp_builder(&prefix)
-        .tempfile_in(&folder)
-        .map_err(|e| ConvertError::Invalid(format!("{}: cannot write: {}", path.display(), without_temp_name(e))))?;
-    let temp_path = temp.path().to_path_buf();
-    track_partial(&temp_path, true);
-    // On any error `temp` is dropped, which removes the file.
-    let result = write_and_sync(temp.as_file(), body).and_then(|value| {
-        refuse_non_regular(&target)?;
-        temp.persist(&target)
-            .map_err(|e| ConvertError::io(path, without_temp_name(e.error)))?;
-        sync_folder(&folder).map_err(|e| ConvertError::io(&folder, e))?;
-        Ok(value)
-    });
-    track_partial(&temp_path, false);
-    result
+    let mut body = Some(body);
+    let mut values = write_all_atomically(&[path.to_path_buf()], |_, out| match body.take() {
+        Some(body) => body(out),
+        None => Err(ConvertError::Invalid("one file written twice (a bug in glm)".into()).into()),
+    })?;
+    values
+        .pop()
+        .ok_or_else(|| ConvertError::Invalid("no file written (a bug in glm)".into()).into())
+}
+
+/// [`write_atomically`] for a set of files that only make sense together (the parts of a
+/// split model): `body(i, out)` writes `paths[i]`, in order, each into a temporary file;
+/// the files are moved into place only once all are written and on disk. On an error
+/// none of them appears (one renamed before a later rename failed is removed again).
+pub fn write_all_atomically<T, E: From<ConvertError>>(
+    paths: &[PathBuf],
+    mut body: impl FnMut(usize, &mut BufWriter<File>) -> std::result::Result<T, E>,
+) -> std::result::Result<Vec<T>, E> {
+    // Dropping a part removes its temporary file; the guard forgets them for the signal
+    // handler however this ends.
+    let mut guard = Tracked(Vec::with_capacity(paths.len()));
+    let mut values = Vec::with_capacity(paths.len());
+    let mut parts = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        let part = PartialFile::create(path)?;
+        guard.0.push(part.temp.path().to_path_buf());
+        values.push(write_and_sync(part.temp.as_file(), |out| body(index, out))?);
+        parts.push(part);
+    }
+    let mut persisted: Vec<PathBuf> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let target = part.target.clone();
+        if let Err(e) = part.persist() {
+            for done in &persisted {
+                let _ = std::fs::remove_file(done);
+            }
+            return Err(e.into());
+        }
+        persisted.push(target);
+    }
+    drop(guard);
+    Ok(values)
+}
+
+/// Temporary files registered for [`remove_partial_files`] while a write is in progress.
+struct Tracked(Vec<PathBuf>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            track_partial(path, false);
+        }
+    }
+}
+
+/// A temporary file beside its target, removed when dropped unless persisted.
+struct PartialFile {
+    /// As given, for messages.
+    path: PathBuf,
+    target: PathBuf,
+    temp: tempfile::NamedTempFile,
+}
+
+impl PartialFile {
+    fn create(path: &Path) -> Result<Self> {
+        let target = resolved(path);
+        let folder = parent_folder(&target);
+        let prefix = format!(
+            ".{}.",
+            target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        );
+        let temp = temp_builder(&prefix).tempfile_in(&folder).map_err(|e| {
+            ConvertError::Invalid(format!("{}: cannot write: {}", path.display(), without_temp_name(e)))
+        })?;
+        track_partial(temp.path(), true);
+        Ok(Self {
+            path: path.to_path_buf(),
+            target,
+            temp,
+        })
+    }
+
+    fn persist(self) -> Result<()> {
+        refuse_non_regular(&self.target)?;
+        let folder = parent_folder(&self.target);
+        self.temp
+            .persist(&self.target)
+            .map_err(|e| ConvertError::io(&self.path, without_temp_name(e.error)))?;
+        sync_folder(&folder).map_err(|e| ConvertError::io(&folder, e))
+    }
 }
 
 /// tempfile appends ` at path "<temporary file>"` to its errors; that name means nothing

@@ -2,13 +2,86 @@
 //! current `llama-imatrix` (per tensor `<name>.in_sum2` sums and `<name>.counts`) and the
 //! legacy `.dat` one (per tensor name, call count and already-summed values).
 
-use std::collections::HashMap;
-use std::io::Read;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::error::{ConvertError, Result};
 use crate::gguf::read::parse;
+use crate::gguf::{self, ArrayValue, MetaValue, Metadata, TensorHeader};
 use crate::tensor_type::GgmlType;
+
+/// What `glm imatrix` collected for one weight: per column, the sum of the squared inputs
+/// it multiplied, and how many input rows were summed; a stacked expert tensor (or a 3-D
+/// weight) has one run of sums and one count per matrix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivationStats {
+    pub sums: Vec<f32>,
+    pub counts: Vec<i64>,
+}
+
+/// How the statistics were gathered, for the file's metadata.
+#[derive(Debug, Clone)]
+pub struct ImatrixSource {
+    /// The text files read.
+    pub datasets: Vec<String>,
+    pub chunk_count: u32,
+    pub chunk_size: u32,
+}
+
+/// Writes `stats` (by weight name) in llama-imatrix's GGUF format: `general.type =
+/// imatrix`, `imatrix.datasets`, `imatrix.chunk_count`, `imatrix.chunk_size`, and for each
+/// weight, in name order, `<name>.in_sum2` (F32, columns × matrices) and `<name>.counts`
+/// (F32, one per matrix).
+pub fn write_imatrix(path: &Path, stats: &BTreeMap<String, ActivationStats>, source: &ImatrixSource) -> Result<()> {
+    let mut meta = Metadata::default();
+    meta.set("general.type", "imatrix");
+    meta.set(
+        "imatrix.datasets",
+        MetaValue::Array(ArrayValue::Str(source.datasets.clone())),
+    );
+    meta.set("imatrix.chunk_count", MetaValue::U32(source.chunk_count));
+    meta.set("imatrix.chunk_size", MetaValue::U32(source.chunk_size));
+    let mut headers = Vec::new();
+    let mut data: Vec<Vec<f32>> = Vec::new();
+    for (name, stat) in stats {
+        let matrices = stat.counts.len();
+        if matrices == 0 || stat.sums.is_empty() || stat.sums.len() % matrices != 0 {
+            return Err(ConvertError::tensor(
+                name,
+                format!("{} sums do not split over {matrices} matrices", stat.sums.len()),
+            ));
+        }
+        let columns = (stat.sums.len() / matrices) as u64;
+        headers.push(f32_tensor(format!("{name}.in_sum2"), &[columns, matrices as u64]));
+        headers.push(f32_tensor(format!("{name}.counts"), &[1, matrices as u64]));
+        data.push(stat.sums.clone());
+        data.push(stat.counts.iter().map(|&c| c as f32).collect());
+    }
+    crate::files::write_atomically(path, |out| -> Result<()> {
+        let io = |e| ConvertError::io(path, e);
+        gguf::write_header(out, &meta, &headers).map_err(io)?;
+        for values in &data {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.write_all(&bytes).map_err(io)?;
+            gguf::write_padding(out, bytes.len() as u64).map_err(io)?;
+        }
+        Ok(())
+    })
+}
+
+/// An F32 tensor header with ggml's shape convention: trailing dimensions of 1 dropped.
+fn f32_tensor(name: String, ne: &[u64]) -> TensorHeader {
+    let mut ne = ne.to_vec();
+    while ne.len() > 1 && ne.last() == Some(&1) {
+        ne.pop();
+    }
+    TensorHeader {
+        name,
+        ne,
+        ggml_type: GgmlType::F32,
+    }
+}
 
 /// Per-column importance weights of each tensor, by GGUF tensor name; a stacked expert
 /// tensor has one row of weights per expert, back to back.
@@ -166,6 +239,41 @@ mod tests {
         file.extend(2.0f32.to_le_bytes());
         let m = ImportanceMatrix::from_legacy(&file).unwrap();
         assert_eq!(m.get("blk.0.ffn_down.weight"), Some(&[2.0f32, 0.5][..]));
+    }
+
+    #[test]
+    fn written_matrices_read_back_as_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imatrix.gguf");
+        let mut stats = BTreeMap::new();
+        stats.insert(
+            "blk.0.ffn_down.weight".to_owned(),
+            ActivationStats {
+                sums: vec![8.0, 2.0],
+                counts: vec![4],
+            },
+        );
+        stats.insert(
+            "blk.0.ffn_down_exps.weight".to_owned(),
+            ActivationStats {
+                sums: vec![3.0, 6.0, 5.0, 7.0],
+                counts: vec![3, 0],
+            },
+        );
+        let source = ImatrixSource {
+            datasets: vec!["text.txt".into()],
+            chunk_count: 2,
+            chunk_size: 64,
+        };
+        write_imatrix(&path, &stats, &source).unwrap();
+        let m = ImportanceMatrix::load(&path).unwrap();
+        assert_eq!(m.get("blk.0.ffn_down.weight"), Some(&[2.0f32, 0.5][..]));
+        assert_eq!(m.get("blk.0.ffn_down_exps.weight"), Some(&[1.0f32, 2.0, 1.0, 1.0][..]));
+        let header = crate::gguf::read_file(&path).unwrap().header;
+        assert_eq!(header.get("imatrix.chunk_size"), Some(&MetaValue::U32(64)));
+        let counts = header.tensor("blk.0.ffn_down_exps.weight.counts").unwrap();
+        assert_eq!(counts.ne, vec![1, 2]);
+        assert_eq!(header.tensor("blk.0.ffn_down.weight.in_sum2").unwrap().ne, vec![2]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod gguf;
 pub mod imatrix;
 pub mod mmproj;
 pub mod preset;
+pub mod split;
 pub mod tensor_type;
 pub mod tokenizer;
 
@@ -28,11 +29,12 @@ use std::path::{Path, PathBuf};
 
 pub use arch::PlanOptions;
 pub use error::{ConvertError, Result};
-pub use imatrix::ImportanceMatrix;
+pub use imatrix::{write_imatrix, ActivationStats, ImatrixSource, ImportanceMatrix};
 pub use preset::Preset;
-pub use requantize::requantize;
+pub use requantize::{copy_model, requantize};
+pub use split::SplitLimits;
 pub use tensor_type::{GgmlType, Quantizer};
-pub use writer::{convert, write_vocabulary, ConvertOptions, ConvertSummary, Progress};
+pub use writer::{convert, write_vocabulary, ConvertOptions, ConvertSummary, OutputCheck, OutputOptions, Progress};
 
 /// The conventional file name for a conversion: `<folder name>-<PRESET>.gguf`, e.g.
 /// `GLM-4-9B-0414-Q4_K_M.gguf`.

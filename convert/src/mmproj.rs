@@ -13,7 +13,7 @@ use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{MetaValue, Metadata};
 use crate::preset::{ModelFacts, Preset};
 use crate::tensor_type::GgmlType;
-use crate::writer::{plan_headers, write_planned, ConvertOptions, ConvertSummary, Progress};
+use crate::writer::{plan_headers, write_planned, ConvertOptions, ConvertSummary, OutputOptions, Progress};
 
 /// CLIP's normalisation, which GLM-4.xV's image processor uses; taken when the checkpoint
 /// ships no preprocessor config.
@@ -74,14 +74,19 @@ pub fn convert_mmproj(
         }
     }
     let meta = metadata(input, &config, vision, &preset)?;
+    // A projector is small: never split.
     let options = ConvertOptions {
         preset,
+        output: OutputOptions {
+            split: Default::default(),
+            ..options.output
+        },
         ..options.clone()
     };
-    let written = write_planned(output, &meta, &planned, &headers, &checkpoint, &options, progress)?;
+    let (outputs, written) = write_planned(output, &meta, &planned, &headers, &checkpoint, &options, progress)?;
     progress.finish();
     Ok(Some(ConvertSummary {
-        output: output.to_path_buf(),
+        outputs,
         architecture: "clip".into(),
         tensors: headers.len(),
         parameters: headers.iter().map(|h| h.ne.iter().product::<u64>()).sum(),

@@ -25,6 +25,7 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("q5_k_s", include_str!("../../quant-presets/q5_k_s.yaml")),
     ("q4_k_m", include_str!("../../quant-presets/q4_k_m.yaml")),
     ("q4_k_s", include_str!("../../quant-presets/q4_k_s.yaml")),
+    ("iq4_xs", include_str!("../../quant-presets/iq4_xs.yaml")),
     ("q4_0", include_str!("../../quant-presets/q4_0.yaml")),
 ];
 
@@ -61,9 +62,10 @@ pub struct Rule {
     /// How a tensor's position is counted for `layers`.
     #[serde(default)]
     pub position: Position,
-    /// Apply only when an importance matrix is given.
+    /// Apply only when an importance matrix is given (`true`) or only when none is
+    /// (`false`); always when absent.
     #[serde(default)]
-    pub with_imatrix: bool,
+    pub with_imatrix: Option<bool>,
     /// Apply only to models these facts hold for (all of them; always when absent).
     #[serde(default)]
     pub when: Condition,
@@ -360,7 +362,7 @@ impl<'a> TypePlanner<'a> {
             self.seen[i] += 1;
             if chosen.is_none()
                 && self.applies[i]
-                && (!rule.with_imatrix || self.has_importance)
+                && rule.with_imatrix.is_none_or(|wanted| wanted == self.has_importance)
                 && rule.layers.is_none_or(|l| l.selects(index, count))
             {
                 chosen = Some(rule.ty);

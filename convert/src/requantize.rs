@@ -1,17 +1,20 @@
 //! `glm quantize`: re-encode an F32/F16/BF16 GGUF with a preset, streaming tensor by
 //! tensor from a memory map (the same engine and type choices as a one-pass conversion).
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::Path;
 
 use crate::checkpoint::{RowDecoder, SourceDtype};
 use crate::error::{ConvertError, Result};
-use crate::gguf::{self, MetaValue, TensorHeader};
+use crate::gguf::{self, GgufFile, MetaValue, Metadata, TensorHeader};
 use crate::preset::{ModelFacts, TypePlanner};
+use crate::split;
 use crate::tensor_type::GgmlType;
 use crate::writer::{
-    check_importance, encode_rows, end_tensor_data, write_atomically, ConvertOptions, ConvertSummary, Encoder,
-    Progress, WriteError, CHUNK_ELEMENTS,
+    check_importance, encode_rows, end_tensor_data, write_model, ConvertOptions, ConvertSummary, Encoder,
+    OutputOptions, Progress, WriteError, CHUNK_ELEMENTS,
 };
 
 pub fn requantize(
@@ -20,68 +23,141 @@ pub fn requantize(
     options: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<ConvertSummary> {
-    let file = gguf::read_file(input)?;
-    let (header, map) = (&file.header, file.bytes());
-    let invalid = |message: String| ConvertError::Config {
-        path: input.to_path_buf(),
-        message,
-    };
-    for (t, _) in &header.tensors {
+    let source = SourceModel::open(input)?;
+    for (t, _, _) in source.tensors() {
         if source_dtype(t.ggml_type).is_none() {
-            return Err(invalid(format!(
-                "tensor {} is {}; re-quantize from an F32, F16 or BF16 file",
-                t.name,
-                t.ggml_type.name()
-            )));
+            return Err(ConvertError::config(
+                input,
+                format!(
+                    "tensor {} is {}; re-quantize from an F32, F16 or BF16 file (or merge and split \
+                     with --quant copy)",
+                    t.name,
+                    t.ggml_type.name()
+                ),
+            ));
         }
     }
-    let architecture = match header.meta.get("general.architecture") {
-        Some(MetaValue::Str(a)) => a.clone(),
-        _ => String::new(),
-    };
-    let facts = ModelFacts::from_metadata(&architecture, &header.meta);
+    let facts = ModelFacts::from_metadata(&source.architecture, &source.meta);
     let mut types = TypePlanner::new(
         &options.preset,
         &facts,
-        header.tensors.iter().map(|(t, _)| (t.name.as_str(), t.ne.as_slice())),
+        source.tensors().map(|(t, _, _)| (t.name.as_str(), t.ne.as_slice())),
         options.importance.is_some(),
     );
-    let outputs: Vec<TensorHeader> = header
-        .tensors
-        .iter()
-        .map(|(t, _)| TensorHeader {
-            name: t.name.clone(),
-            ne: t.ne.clone(),
+    let outputs: Vec<TensorHeader> = source
+        .tensors()
+        .map(|(t, _, _)| TensorHeader {
             ggml_type: types.choose(&t.name, &t.ne),
+            ..t.clone()
         })
         .collect();
     check_importance(&outputs, options)?;
-    let mut meta = header.meta.clone();
+    let mut meta = source.meta.clone();
     meta.set("general.file_type", options.preset.file_type);
     meta.set("general.quantization_version", MetaValue::U32(2));
+    source.rewrite(
+        output,
+        &meta,
+        &outputs,
+        &options.output,
+        progress,
+        |out, bytes, from, to, release| reencode(out, bytes, from, to, &Encoder::for_tensor(to, options), release),
+    )
+}
 
-    progress.begin(header.tensors.iter().map(|(t, _)| t.n_bytes()).sum());
-    let written = write_atomically(output, |out| {
-        let mut written = gguf::write_header(out, &meta, &outputs)?;
-        for ((source, offset), target) in header.tensors.iter().zip(&outputs) {
-            let encoder = Encoder::for_tensor(target, options);
-            let start = *offset as usize;
-            let bytes = &map[start..start + source.n_bytes() as usize];
+/// `glm quantize --quant copy`: the tensors as they are (any type), into one file or a
+/// new split set; what merges a split model or splits a whole one.
+pub fn copy_model(
+    input: &Path,
+    output: &Path,
+    options: &OutputOptions,
+    progress: &dyn Progress,
+) -> Result<ConvertSummary> {
+    let source = SourceModel::open(input)?;
+    let outputs: Vec<TensorHeader> = source.tensors().map(|(t, _, _)| t.clone()).collect();
+    source.rewrite(
+        output,
+        &source.meta,
+        &outputs,
+        options,
+        progress,
+        |out, bytes, _, to, release| {
+            out.write_all(bytes)?;
+            release(0..bytes.len());
+            end_tensor_data(out, to, bytes.len() as u64)
+        },
+    )
+}
+
+/// A GGUF model read whole or from every part of a split set.
+struct SourceModel {
+    files: Vec<GgufFile>,
+    /// The first file's metadata without the split keys.
+    meta: Metadata,
+    architecture: String,
+}
+
+impl SourceModel {
+    fn open(input: &Path) -> Result<Self> {
+        let files = gguf::read_split_files(input)?;
+        let meta = split::without_split_keys(&files[0].header.meta);
+        let architecture = match meta.get("general.architecture") {
+            Some(MetaValue::Str(a)) => a.clone(),
+            _ => String::new(),
+        };
+        Ok(Self {
+            files,
+            meta,
+            architecture,
+        })
+    }
+
+    /// Every tensor with the file it is in and its offset there.
+    fn tensors(&self) -> impl Iterator<Item = (&TensorHeader, &GgufFile, u64)> {
+        self.files
+            .iter()
+            .flat_map(|f| f.header.tensors.iter().map(move |(t, offset)| (t, f, *offset)))
+    }
+
+    /// Writes `outputs` (one per source tensor, in order) with `meta`, each written by
+    /// `recode(out, source bytes, source header, output header, release)`, where `release`
+    /// hands consumed ranges of the source bytes back to the kernel.
+    fn rewrite(
+        &self,
+        output: &Path,
+        meta: &Metadata,
+        outputs: &[TensorHeader],
+        options: &OutputOptions,
+        progress: &dyn Progress,
+        recode: impl Fn(
+            &mut BufWriter<File>,
+            &[u8],
+            &TensorHeader,
+            &TensorHeader,
+            &dyn Fn(Range<usize>),
+        ) -> Result<u64, WriteError>,
+    ) -> Result<ConvertSummary> {
+        let sources: Vec<_> = self.tensors().collect();
+        progress.begin(sources.iter().map(|(t, _, _)| t.n_bytes()).sum());
+        let (paths, bytes) = write_model(output, meta, outputs, options, |index, out| {
+            let (source, file, offset) = sources[index];
+            let start = offset as usize;
+            let data = &file.bytes()[start..start + source.n_bytes() as usize];
             // As in conversion: consumed input pages leave the resident set as we go.
-            let release = |r: std::ops::Range<usize>| file.release(start + r.start..start + r.end);
-            written += reencode(out, bytes, source, target, &encoder, &release)?;
-            progress.advance(bytes.len() as u64);
-        }
-        Ok(written)
-    })?;
-    progress.finish();
-    Ok(ConvertSummary {
-        output: output.to_path_buf(),
-        architecture,
-        tensors: outputs.len(),
-        parameters: outputs.iter().map(|t| t.ne.iter().product::<u64>()).sum(),
-        bytes: written,
-    })
+            let release = |r: Range<usize>| file.release(start + r.start..start + r.end);
+            let written = recode(out, data, source, &outputs[index], &release)?;
+            progress.advance(data.len() as u64);
+            Ok(written)
+        })?;
+        progress.finish();
+        Ok(ConvertSummary {
+            outputs: paths,
+            architecture: self.architecture.clone(),
+            tensors: outputs.len(),
+            parameters: outputs.iter().map(|t| t.ne.iter().product::<u64>()).sum(),
+            bytes,
+        })
+    }
 }
 
 fn source_dtype(ty: GgmlType) -> Option<SourceDtype> {
@@ -102,7 +178,7 @@ fn reencode<W: Write>(
     source: &TensorHeader,
     target: &TensorHeader,
     encoder: &Encoder,
-    consumed: &dyn Fn(std::ops::Range<usize>),
+    consumed: &dyn Fn(Range<usize>),
 ) -> Result<u64, WriteError> {
     let dtype = source_dtype(source.ggml_type).ok_or_else(|| {
         WriteError::Convert(ConvertError::tensor(

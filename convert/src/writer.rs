@@ -1,5 +1,6 @@
 //! The conversion driver: plan, header, then one streaming pass over the tensors.
 
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{self, Metadata, TensorHeader};
 use crate::imatrix::ImportanceMatrix;
 use crate::preset::{ModelFacts, Preset, TypePlanner};
+use crate::split::{self, SplitLimits};
 use crate::tensor_type::{GgmlType, Quantizer};
 use crate::tokenizer::Vocabulary;
 
@@ -33,6 +35,19 @@ pub struct ConvertOptions<'a> {
     /// `general.name`; defaults to the checkpoint folder name.
     pub name: Option<String>,
     pub plan: PlanOptions,
+    pub output: OutputOptions<'a>,
+}
+
+/// Checks one file about to be written (not an input, not a device, not replaced
+/// without `--force`); called for every file, split parts included, before any is written.
+pub type OutputCheck<'a> = dyn Fn(&Path) -> Result<()> + Sync + 'a;
+
+/// How the model file is written.
+#[derive(Clone, Copy, Default)]
+pub struct OutputOptions<'a> {
+    /// Limits that make a split set of several files.
+    pub split: SplitLimits,
+    pub check: Option<&'a OutputCheck<'a>>,
 }
 
 /// Reports progress in source bytes; the CLI draws a bar, tests pass `()`.
@@ -46,7 +61,8 @@ impl Progress for () {}
 
 #[derive(Debug, Clone)]
 pub struct ConvertSummary {
-    pub output: PathBuf,
+    /// The file written, or every part of a split set.
+    pub outputs: Vec<PathBuf>,
     pub architecture: String,
     pub tensors: usize,
     pub parameters: u64,
@@ -75,11 +91,11 @@ pub fn convert<'a>(
     )?;
     progress.finish();
     Ok(ConvertSummary {
-        output: output.to_path_buf(),
+        outputs: written.0,
         architecture: p.arch.gguf_arch().to_owned(),
         tensors: p.headers.len(),
         parameters: p.parameters,
-        bytes: written,
+        bytes: written.1,
     })
 }
 
@@ -94,9 +110,10 @@ pub fn write_vocabulary(input: &Path, output: &Path) -> Result<()> {
         importance: None,
         name: None,
         plan: PlanOptions::default(),
+        output: OutputOptions::default(),
     };
     let p = prepare(input, &options)?;
-    write_atomically(output, |out| Ok(gguf::write_header(out, &p.meta, &[])?))?;
+    write_model(output, &p.meta, &[], &OutputOptions::default(), |_, _| Ok(0))?;
     Ok(())
 }
 
@@ -169,7 +186,8 @@ fn check_planned(config: &HfConfig, meta: &Metadata, headers: &[TensorHeader]) -
         .map_err(|message| config.error(format!("does not describe the checkpoint's weights: {message}")))
 }
 
-/// Writes header and metadata, then streams every planned tensor from the checkpoint.
+/// Writes header and metadata, then streams every planned tensor from the checkpoint;
+/// returns the files written and their size in all.
 pub(crate) fn write_planned(
     output: &Path,
     meta: &Metadata,
@@ -178,21 +196,51 @@ pub(crate) fn write_planned(
     checkpoint: &Checkpoint,
     options: &ConvertOptions,
     progress: &dyn Progress,
-) -> Result<u64> {
+) -> Result<(Vec<PathBuf>, u64)> {
     let total: u64 = planned
         .iter()
         .flat_map(|p| &p.sources)
         .filter_map(|s| Some(slice_bytes(s, checkpoint.get(&s.tensor)?)))
         .sum();
     progress.begin(total);
-    write_atomically(output, |out| {
-        let mut written = gguf::write_header(out, meta, headers)?;
-        for (plan, header) in planned.iter().zip(headers) {
-            let encoder = Encoder::for_tensor(header, options);
-            written += write_tensor(out, checkpoint, plan, header, &encoder, progress)?;
-        }
-        Ok(written)
+    write_model(output, meta, headers, &options.output, |index, out| {
+        let (plan, header) = (&planned[index], &headers[index]);
+        let encoder = Encoder::for_tensor(header, options);
+        write_tensor(out, checkpoint, plan, header, &encoder, progress)
     })
+}
+
+/// Writes a model to `output`, or to the parts of a split set when `options.split` asks:
+/// each part's header, then `write_tensor(i, out)` for each of its tensors in order. All
+/// files appear together once complete, or none does. Returns them and their size.
+pub(crate) fn write_model(
+    output: &Path,
+    meta: &Metadata,
+    headers: &[TensorHeader],
+    options: &OutputOptions,
+    mut write_tensor: impl FnMut(usize, &mut BufWriter<File>) -> Result<u64, WriteError>,
+) -> Result<(Vec<PathBuf>, u64)> {
+    let parts = split::plan_parts(headers, options.split)?;
+    let paths = split::part_paths(output, parts.len());
+    if let Some(check) = options.check {
+        paths.iter().try_for_each(|p| check(p))?;
+    }
+    let sizes = crate::files::write_all_atomically(&paths, |index, out| {
+        let tensors = parts[index].clone();
+        let part_meta = split::part_metadata(meta, index, parts.len(), headers.len());
+        let body = || -> Result<u64, WriteError> {
+            let mut written = gguf::write_header(out, &part_meta, &headers[tensors.clone()])?;
+            for tensor in tensors {
+                written += write_tensor(tensor, out)?;
+            }
+            Ok(written)
+        };
+        body().map_err(|e| match e {
+            WriteError::Io(e) => ConvertError::io(&paths[index], e),
+            WriteError::Convert(e) => e,
+        })
+    })?;
+    Ok((paths, sizes.iter().sum()))
 }
 
 /// The embedding's row count is the vocabulary size the token list must match.
@@ -307,18 +355,6 @@ pub(crate) fn check_importance(headers: &[TensorHeader], options: &ConvertOption
         }
     }
     Ok(())
-}
-
-/// Writes `output` through [`crate::files::write_atomically`], naming `output` in I/O
-/// errors of `body`.
-pub(crate) fn write_atomically(
-    output: &Path,
-    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<u64, WriteError>,
-) -> Result<u64> {
-    crate::files::write_atomically(output, body).map_err(|e| match e {
-        WriteError::Io(e) => ConvertError::io(output, e),
-        WriteError::Convert(e) => e,
-    })
 }
 
 pub(crate) enum WriteError {

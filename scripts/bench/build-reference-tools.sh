@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds the reference tools (llama-bench, llama-completion, llama-server) from the same
-# llama.cpp source that glm links, with the same build options, for BENCHMARKS.md.
+# Builds the reference tools (llama-bench, llama-completion, llama-server, llama-quantize,
+# llama-imatrix) from the same llama.cpp source that glm links, with the same build
+# options, for BENCHMARKS.md and the imatrix reference of the tests.
 #
 # The llama-cpp-sys-2 crate vendors llama.cpp without the sources of its tools/; the PyPI
 # sdist of llama-cpp-python 0.3.36 has them. This script copies the crate's tree to a
 # scratch folder outside the repository, puts the sdist's tools/llama-bench,
-# tools/completion, tools/quantize, tools/mtmd, tools/server and tools/ui sources in
-# (the server without its web UI), replaces tools/CMakeLists.txt (which names tools that
-# are not there) by one that adds only those, and builds with CMake. Nothing of
+# tools/completion, tools/quantize, tools/imatrix, tools/mtmd, tools/server and tools/ui
+# sources in (the server without its web UI), replaces tools/CMakeLists.txt (which names
+# tools that are not there) by one that adds only those, and builds with CMake. Nothing of
 # llama.cpp is written into this repository.
 #
 # Build options: the same as llama-cpp-sys-2's build.rs uses for glm. When glm's release
@@ -44,8 +45,8 @@ done
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bench_home=${GLM_BENCH_HOME:-$HOME/.cache/glm-bench}
 sdist_version=0.3.36
-tools=(llama-bench completion quantize mtmd server ui)
-targets=(llama-bench llama-completion llama-server)
+tools=(llama-bench completion quantize imatrix mtmd server ui)
+targets=(llama-bench llama-completion llama-server llama-quantize llama-imatrix)
 
 command -v cmake >/dev/null || die "cmake is missing (scripts/setup.sh installs it)"
 command -v c++ >/dev/null || die "a C++ compiler is missing (scripts/setup.sh installs it)"

@@ -46,6 +46,7 @@ impl Cli {
             }
             Command::Chat(args) => only_the_model(&mut args.model),
             Command::Bench(args) => only_the_model(&mut args.model),
+            Command::Imatrix(args) => only_the_model(&mut args.model),
             _ => Ok(()),
         }
     }
@@ -112,8 +113,11 @@ enum Command {
     Logits(LogitsArgs),
     /// List the built-in quantization presets.
     Presets,
-    /// Re-quantize an F32/F16/BF16 GGUF with a preset.
+    /// Re-quantize an F32/F16/BF16 GGUF with a preset (or merge and split one).
     Quantize(QuantizeArgs),
+    /// Compute an importance matrix from a text (llama-imatrix's method and file format)
+    /// for `--imatrix` of convert and quantize.
+    Imatrix(ImatrixArgs),
     /// Measure prompt processing and generation speed (llama-bench's method).
     Bench(BenchArgs),
     /// List the devices llama.cpp can use, with their free and total memory.
@@ -209,14 +213,18 @@ pub enum ModelsAction {
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
-    /// An F32, F16 or BF16 GGUF file.
+    /// An F32, F16 or BF16 GGUF file (any type with `--quant copy`); a split model by its
+    /// first part.
     pub input: PathBuf,
     /// The file to write; in a folder, the input's name with the new type
     /// (`X-BF16.gguf` → `DIR/X-Q4_K_M.gguf`).
     pub output: PathBuf,
-    /// Quantization preset or preset YAML file.
+    /// Quantization preset or preset YAML file; `copy` keeps every tensor as it is (to
+    /// merge a split model, or split one with --split-max-size).
     #[arg(long, visible_alias = "type", value_name = "PRESET")]
     pub quant: String,
+    #[command(flatten)]
+    pub split: SplitArgs,
     /// Importance matrix (llama-imatrix's GGUF or legacy .dat) for the quantized types.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
@@ -226,6 +234,29 @@ pub struct QuantizeArgs {
     /// Replace the output file if it exists.
     #[arg(short = 'f', long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImatrixArgs {
+    /// The text to evaluate, cut into chunks of -c tokens (llama-imatrix's -f).
+    #[arg(short = 'f', long = "file", value_name = "TEXT", help_heading = "Input")]
+    pub file: PathBuf,
+    /// At most this many chunks [default: all the text holds].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Input")]
+    pub chunks: Option<u32>,
+    /// Also collect the output projection (`output.weight`), as llama-imatrix's
+    /// --process-output.
+    #[arg(long = "process-output", help_heading = "Input")]
+    pub process_output: bool,
+    /// The matrix file (llama-imatrix's GGUF format); a folder gets `imatrix.gguf`.
+    #[arg(short, long, default_value = "imatrix.gguf", help_heading = "Output")]
+    pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long, help_heading = "Output")]
+    pub force: bool,
+    /// The model (-c is the chunk size [default: 512]).
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +275,8 @@ pub struct ConvertArgs {
     /// Leave out the multi-token-prediction (NextN) layers of GLM-4.5+ checkpoints.
     #[arg(long = "no-mtp")]
     pub no_mtp: bool,
+    #[command(flatten)]
+    pub split: SplitArgs,
     /// Importance matrix (llama-imatrix's GGUF or legacy .dat) for the quantized types.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
@@ -257,6 +290,32 @@ pub struct ConvertArgs {
     /// Replace the output file if it exists.
     #[arg(short = 'f', long)]
     pub force: bool,
+}
+
+/// Split output: several files `<name>-00001-of-0000N.gguf`, as llama.cpp writes and
+/// loads them (by the first part).
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// Split the output into parts of at most this much tensor data: bytes, or with K, M,
+    /// G or T (powers of 1000), e.g. 50G for the Hugging Face Hub's file limit.
+    #[arg(long = "split-max-size", value_name = "SIZE", value_parser = split_size)]
+    pub max_size: Option<u64>,
+    /// Split the output into parts of at most N tensors.
+    #[arg(long = "split-max-tensors", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tensors: Option<u32>,
+}
+
+impl SplitArgs {
+    pub fn limits(&self) -> glm_convert::SplitLimits {
+        glm_convert::SplitLimits {
+            max_bytes: self.max_size,
+            max_tensors: self.max_tensors.map(|n| n as usize),
+        }
+    }
+}
+
+fn split_size(text: &str) -> Result<u64, String> {
+    glm_convert::split::parse_size(text)
 }
 
 /// Where the model comes from and how it is loaded.
@@ -855,6 +914,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Logits(args) => commands::logits::run(&args),
         Command::Presets => commands::presets::run(),
         Command::Quantize(args) => commands::quantize::run(&args),
+        Command::Imatrix(args) => commands::imatrix::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Devices(args) => commands::devices::run(&args),
         Command::RpcServer(args) => commands::rpc_server::run(&args),

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use glm_convert::files::check_output;
-use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, PlanOptions, Preset};
+use glm_convert::{ConvertOptions, GgmlType, ImportanceMatrix, OutputOptions, PlanOptions, Preset};
 
 use crate::cli::ConvertArgs;
 use crate::engine::quantize::GgmlQuantizer;
@@ -19,6 +19,8 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         None => default_name,
     };
     let importance = args.imatrix.as_deref().map(ImportanceMatrix::load).transpose()?;
+    let inputs = input_files(&args.input, args.imatrix.as_deref(), &args.quant);
+    let check = |path: &Path| check_output(path, &inputs, args.force);
     let options = ConvertOptions {
         preset,
         quantizer: Some(&GgmlQuantizer),
@@ -28,6 +30,10 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
             keep_mtp: !args.no_mtp,
             allow_nonfinite: args.allow_nonfinite,
         },
+        output: OutputOptions {
+            split: args.split.limits(),
+            check: Some(&check),
+        },
     };
     let mmproj_type = match GgmlType::parse(&args.mmproj_type) {
         Some(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0)) => t,
@@ -36,8 +42,9 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let dir = output.parent().unwrap_or(Path::new(""));
     let base = glm_convert::model_base_name(&args.input);
     let mmproj = dir.join(format!("{base}-mmproj-{}.gguf", mmproj_type.name()));
-    let inputs = input_files(&args.input, args.imatrix.as_deref(), &args.quant);
-    check_output(&output, &inputs, args.force)?;
+    if args.split.limits().is_none() {
+        check_output(&output, &inputs, args.force)?;
+    }
     if glm_convert::mmproj::has_vision(&args.input)? {
         check_output(&mmproj, &inputs, args.force)?;
         glm_convert::files::check_distinct(&output, &mmproj)?;
@@ -64,11 +71,20 @@ pub fn input_files<'a>(input: &'a Path, imatrix: Option<&'a Path>, preset: &'a s
     inputs
 }
 
-/// One line on stderr for each file written.
+/// One line on stderr for each model written (naming every part of a split set).
 pub fn report(summary: &glm_convert::ConvertSummary) {
+    let files = match summary.outputs.as_slice() {
+        [one] => one.display().to_string(),
+        [first, .., last] => format!(
+            "{} parts, {} … {}",
+            summary.outputs.len(),
+            first.display(),
+            last.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        [] => "nothing".to_owned(),
+    };
     eprintln!(
-        "wrote {} ({}, {} tensors, {} parameters, {:.1} MiB)",
-        summary.output.display(),
+        "wrote {files} ({}, {} tensors, {} parameters, {:.1} MiB)",
         summary.architecture,
         summary.tensors,
         summary.parameters,

@@ -14,12 +14,20 @@ const ARRAY_PREVIEW: usize = 6;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
     crate::model_source::refuse_folder(&args.file, "inspect")?;
-    let header = glm_convert::gguf::read_file(&args.file)?.header;
+    // A split model by its first part: that part's metadata, every part's tensors.
+    let header = glm_convert::gguf::read_model_header(&args.file)?;
     let path = args.file.display();
+    let parts = match header
+        .get(glm_convert::split::SPLIT_COUNT)
+        .and_then(MetaValue::as_integer)
+    {
+        Some(count) if count > 1 => format!(" in {count} parts"),
+        _ => String::new(),
+    };
     let mut out = String::new();
     writeln!(
         out,
-        "{path}: GGUF {}, {} metadata keys, {} tensors",
+        "{path}: GGUF {}, {} metadata keys, {} tensors{parts}",
         header.version,
         header.meta.iter().count(),
         header.tensors.len()

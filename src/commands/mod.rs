@@ -6,6 +6,7 @@ pub mod completions;
 pub mod config;
 pub mod convert;
 pub mod devices;
+pub mod imatrix;
 pub mod inspect;
 pub mod logits;
 pub mod models;

@@ -3,11 +3,12 @@
 //! `options` holds the runtime settings, `model` loads and checks a model (and owns the
 //! contexts and samplers), `session` generates with KV-cache reuse across turns, `vision`
 //! handles projectors and images, `log` keeps llama.cpp's reasons for failures,
-//! `rpc` joins other machines' devices (and serves this one's), and `quantize` wraps
-//! ggml's quantization kernels.
+//! `rpc` joins other machines' devices (and serves this one's), `quantize` wraps
+//! ggml's quantization kernels, and `imatrix` computes importance matrices.
 
 pub mod batch;
 mod grammar;
+mod imatrix;
 mod log;
 mod model;
 mod options;
@@ -22,6 +23,7 @@ mod speculative;
 mod vision;
 
 pub use grammar::{json_object_grammar, json_schema_grammar};
+pub use imatrix::{ChunkDone, Imatrix, ImatrixOptions};
 pub use log::show_llama_log;
 pub use model::{use_numa, Engine};
 pub use options::{

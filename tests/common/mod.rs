@@ -87,6 +87,7 @@ pub fn converted_with(model: &str, preset: &str, keep_mtp: bool) -> PathBuf {
             keep_mtp,
             ..Default::default()
         },
+        output: Default::default(),
     };
     glm_convert::convert(&model_dir(model), &output, &options, &())
         .unwrap_or_else(|e| panic!("converting {model} to {}: {e}", preset));

@@ -13,7 +13,7 @@ use crate::tensor_type::GgmlType;
 pub mod check;
 pub mod read;
 
-pub use read::{read_file, read_header, read_model_header, split_part_paths, GgufFile, GgufHeader};
+pub use read::{read_file, read_header, read_model_header, read_split_files, split_part_paths, GgufFile, GgufHeader};
 
 pub const ALIGNMENT: u64 = 32;
 

@@ -49,6 +49,7 @@ impl GgufHeader {
 
 /// A GGUF file mapped into memory with its validated header.
 pub struct GgufFile {
+    pub path: std::path::PathBuf,
     pub header: GgufHeader,
     map: Mmap,
 }
@@ -76,58 +77,85 @@ pub fn read_file(path: &Path) -> Result<GgufFile> {
         path: path.to_path_buf(),
         message,
     })?;
-    Ok(GgufFile { header, map })
+    Ok(GgufFile {
+        path: path.to_path_buf(),
+        header,
+        map,
+    })
 }
 
 /// llama.cpp's limit on the parts of a split model (`LLAMA_MAX_SPLITS`... its `split.count`
 /// is a u16; more than this many files is no real model).
 const MAX_SPLITS: u64 = 4096;
 
-/// The header of a model that may be split across files the way llama.cpp writes them
-/// (`<prefix>-00001-of-0000N.gguf`, with `split.no`, `split.count` and
-/// `split.tensors.count`): the first file's metadata with the tensors of every part, each
-/// part checked to belong to the set. The tensor offsets of later parts point into their
-/// own files; the merged header is for checking, not for reading data.
+/// The header of a model that may be split across files (see [`read_split_files`]): the
+/// first file's metadata with the tensors of every part. The tensor offsets of later parts
+/// point into their own files; the merged header is for checking, not for reading data.
 pub fn read_model_header(path: &Path) -> Result<GgufHeader> {
-    let mut merged = read_file(path)?.header;
-    let count = split_key(&merged, "split.count").unwrap_or(1);
+    let mut parts = read_split_files(path)?.into_iter().map(|f| f.header);
+    let mut merged = parts.next().ok_or_else(|| ConvertError::Gguf {
+        path: path.to_path_buf(),
+        message: "no part read (a bug in glm)".into(),
+    })?;
+    for part in parts {
+        merged.tensors.extend(part.tensors);
+    }
+    Ok(merged)
+}
+
+/// Every file of a model named by its first: just that file, or all parts of a set split
+/// the way llama.cpp writes them (`<prefix>-00001-of-0000N.gguf`, with `split.no`,
+/// `split.count` and `split.tensors.count`), each checked to belong to the set.
+pub fn read_split_files(path: &Path) -> Result<Vec<GgufFile>> {
+    let first = read_file(path)?;
+    let count = split_key(&first.header, "split.count").unwrap_or(1);
     if count <= 1 {
-        return Ok(merged);
+        return Ok(vec![first]);
     }
     let invalid = |message: String| ConvertError::Gguf {
         path: path.to_path_buf(),
         message,
     };
-    if count > MAX_SPLITS || split_key(&merged, "split.no") != Some(0) {
+    if count > MAX_SPLITS || split_key(&first.header, "split.no") != Some(0) {
         return Err(invalid(format!(
             "split.count = {count} with split.no ≠ 0: not the first part of a split model"
         )));
     }
+    let declared = split_key(&first.header, "split.tensors.count");
+    let mut files = vec![first];
     for (index, part) in split_part_paths(path, count)
         .map_err(invalid)?
         .iter()
         .enumerate()
         .skip(1)
     {
-        let header = read_file(part)?.header;
-        let belongs =
-            split_key(&header, "split.no") == Some(index as u64) && split_key(&header, "split.count") == Some(count);
+        let file = read_file(part)?;
+        let belongs = split_key(&file.header, "split.no") == Some(index as u64)
+            && split_key(&file.header, "split.count") == Some(count);
         if !belongs {
             return Err(ConvertError::Gguf {
                 path: part.clone(),
                 message: format!("not part {} of {count} of {}", index + 1, path.display()),
             });
         }
-        merged.tensors.extend(header.tensors);
+        files.push(file);
     }
-    let declared = split_key(&merged, "split.tensors.count");
-    if declared != Some(merged.tensors.len() as u64) {
+    let tensors: usize = files.iter().map(|f| f.header.tensors.len()).sum();
+    if declared != Some(tensors as u64) {
         return Err(invalid(format!(
-            "split.tensors.count = {declared:?}, but the {count} parts hold {} tensors",
-            merged.tensors.len()
+            "split.tensors.count = {declared:?}, but the {count} parts hold {tensors} tensors"
         )));
     }
-    Ok(merged)
+    let mut names = HashSet::new();
+    if let Some(name) = files
+        .iter()
+        .flat_map(|f| &f.header.tensors)
+        .map(|(t, _)| t.name.as_str())
+        .find(|name| !names.insert(*name))
+    {
+        return Err(invalid(format!("tensor {name} is in more than one part")));
+    }
+    Ok(files)
 }
 
 fn split_key(header: &GgufHeader, key: &str) -> Option<u64> {

@@ -728,4 +728,24 @@ impl LlamaContextParams {
     pub fn kv_unified(&self) -> bool {
         self.context_params.kv_unified
     }
+
+    /// Set the scheduler's evaluation callback (llama.cpp's `cb_eval`), called for each
+    /// graph node with `ask = true` ("do you want this node's data?") and, for the nodes
+    /// it accepted, again with `ask = false` once the node is computed. Returning `false`
+    /// from the second call stops the computation. (Added by glm: llama-imatrix's hook.)
+    ///
+    /// # Safety
+    ///
+    /// `callback` must not unwind, and `user_data` must stay valid for every context
+    /// created from these parameters, for as long as that context evaluates anything.
+    #[must_use]
+    pub unsafe fn with_cb_eval(
+        mut self,
+        callback: llama_cpp_sys_2::ggml_backend_sched_eval_callback,
+        user_data: *mut std::ffi::c_void,
+    ) -> Self {
+        self.context_params.cb_eval = callback;
+        self.context_params.cb_eval_user_data = user_data;
+        self
+    }
 }
