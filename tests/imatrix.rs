@@ -117,3 +117,78 @@ fn matrices_equal_llama_imatrix() {
         );
     }
 }
+
+/// Bad input is one line naming the problem, and nothing is written.
+#[test]
+fn bad_input_is_refused_in_one_line() {
+    let model = converted("glm4-tiny", "f32");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Only a few words.").expect("write");
+    let existing = dir.path().join("existing.gguf");
+    std::fs::write(&existing, "mine").expect("write");
+    let output = dir.path().join("out.gguf");
+    let calibration = imatrix_fixtures().join("calibration.txt");
+    let folder = dir.path().to_path_buf();
+    let cases: Vec<(&str, Vec<&dyn AsRef<std::ffi::OsStr>>, &str)> = vec![
+        (
+            "a short text",
+            vec![&"-f", &short, &"-o", &output],
+            "fewer than one chunk",
+        ),
+        (
+            "a folder as text",
+            vec![&"-f", &folder, &"-o", &output],
+            "not a regular file",
+        ),
+        (
+            "no such text",
+            vec![&"-f", &"/nonexistent.txt", &"-o", &output],
+            "/nonexistent.txt",
+        ),
+        (
+            "a chunk past the training context",
+            vec![&"-f", &calibration, &"-c", &"1000000", &"-o", &output],
+            "training context",
+        ),
+        (
+            "a chunk of one token",
+            vec![&"-f", &calibration, &"-c", &"1", &"-o", &output],
+            "at least 2 tokens",
+        ),
+        (
+            "the model as output",
+            vec![&"-f", &calibration, &"-o", &model],
+            "is an input",
+        ),
+        (
+            "the text as output",
+            vec![&"-f", &calibration, &"-o", &calibration],
+            "is an input",
+        ),
+        (
+            "an existing output",
+            vec![&"-f", &calibration, &"-o", &existing],
+            "--force",
+        ),
+        (
+            "no chunks",
+            vec![&"-f", &calibration, &"--chunks", &"0", &"-o", &output],
+            "--chunks",
+        ),
+    ];
+    for (what, extra, expected) in cases {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"imatrix", &model, &"-t", &"2"];
+        args.extend(extra);
+        let out = glm(&args);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: succeeded");
+        assert!(log.contains(expected), "{what}: {log}");
+        assert!(
+            log.lines().filter(|l| !l.trim().is_empty()).count() <= 3,
+            "{what}: {log}"
+        );
+        assert!(!output.exists(), "{what}: wrote {}", output.display());
+    }
+    assert_eq!(std::fs::read(&existing).expect("read"), b"mine");
+}

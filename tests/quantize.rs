@@ -84,7 +84,7 @@ fn write_checkpoint(
     shapes: Vec<(String, Vec<usize>)>,
     channels: Channels,
 ) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = process_temp_dir();
     let source = model_dir(source);
     for file in [
         "tokenizer.json",
@@ -357,7 +357,7 @@ fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {
 fn f32_conversion(input: &Path) -> PathBuf {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     static DONE: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
+    let dir = DIR.get_or_init(process_temp_dir);
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, file)) = done.iter().find(|(i, _)| i == input) {
         return file.clone();

@@ -1,8 +1,7 @@
 //! `glm quantize`: re-encode an F32/F16/BF16 GGUF with a preset, streaming tensor by
 //! tensor from a memory map (the same engine and type choices as a one-pass conversion).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
 
@@ -14,7 +13,7 @@ use crate::split;
 use crate::tensor_type::GgmlType;
 use crate::writer::{
     check_importance, encode_rows, end_tensor_data, write_model, ConvertOptions, ConvertSummary, Encoder,
-    OutputOptions, Progress, WriteError, CHUNK_ELEMENTS,
+    OutputOptions, Progress, TensorSink, WriteError, CHUNK_ELEMENTS,
 };
 
 pub fn requantize(
@@ -130,7 +129,7 @@ impl SourceModel {
         options: &OutputOptions,
         progress: &dyn Progress,
         recode: impl Fn(
-            &mut BufWriter<File>,
+            &mut TensorSink,
             &[u8],
             &TensorHeader,
             &TensorHeader,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use glm_convert::ImatrixSource;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -26,14 +26,28 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
         process_output: args.process_output,
     };
     let context = super::context_options(&args.model.context, None);
+    if options.chunk_size > engine.n_ctx_train() {
+        bail!(
+            "-c {}: larger than the model's training context ({} tokens)",
+            options.chunk_size,
+            engine.n_ctx_train()
+        );
+    }
+    let tokens = engine.document_tokens(&text);
+    let chunk = options.chunk_size as usize;
+    if tokens.len() < chunk {
+        bail!(
+            "{}: {} tokens, fewer than one chunk of -c {chunk}; give more text or a smaller -c",
+            args.file.display(),
+            tokens.len()
+        );
+    }
     let bar = chunk_bar();
-    let result = engine
-        .importance(&text, &options, &context, &mut |done: ChunkDone| {
-            bar.set_length(done.chunks as u64);
-            bar.set_position(done.chunk as u64);
-            bar.set_message(format!("perplexity {:.4}", done.perplexity));
-        })
-        .with_context(|| args.file.display().to_string());
+    let result = engine.importance(&tokens, &options, &context, &mut |done: ChunkDone| {
+        bar.set_length(done.chunks as u64);
+        bar.set_position(done.chunk as u64);
+        bar.set_message(format!("perplexity {:.4}", done.perplexity));
+    });
     bar.finish_and_clear();
     let imatrix = result?;
     let source = ImatrixSource {

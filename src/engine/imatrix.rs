@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use glm_convert::ActivationStats;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_sys_2 as sys;
@@ -51,69 +52,51 @@ pub struct ChunkDone {
 pub struct Imatrix {
     pub stats: BTreeMap<String, ActivationStats>,
     pub chunks: usize,
-    pub tokens: usize,
     pub perplexity: f64,
 }
 
 impl Engine {
-    /// Collects the importance matrix of `text` (see the module's documentation).
+    /// A calibration text's tokens as llama-imatrix reads them: with BOS when the
+    /// vocabulary adds one, special-token text taken literally.
+    pub fn document_tokens(&self, text: &[u8]) -> Vec<i32> {
+        self.model
+            .vocab()
+            .tokenize(text, true, false)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// Collects the importance matrix of `tokens` (see the module's documentation), in
+    /// as many whole chunks as they hold (at most `options.max_chunks`).
     pub fn importance(
         &self,
-        text: &[u8],
+        tokens: &[i32],
         options: &ImatrixOptions,
         context: &ContextOptions,
         on_chunk: &mut dyn FnMut(ChunkDone),
     ) -> Result<Imatrix> {
-        let vocab = self.model.vocab();
-        let tokens = vocab.tokenize(text, true, false);
+        let tokens = self.check_tokens(tokens)?;
         let n_ctx = options.chunk_size as usize;
         if n_ctx < 2 {
             bail!("-c {n_ctx}: a chunk needs at least 2 tokens");
         }
         let available = tokens.len() / n_ctx;
         if available == 0 {
-            bail!(
-                "the text is {} tokens; one chunk of -c {n_ctx} needs at least {n_ctx}",
-                tokens.len()
-            );
+            bail!("{} tokens do not fill one chunk of -c {n_ctx}", tokens.len());
         }
         let chunks = options.max_chunks.map_or(available, |n| n.min(available));
+        let vocab = self.model.vocab();
         let bos = vocab.should_add_bos().then(|| vocab.bos());
         let collector = Collector::new(options.process_output);
-        // One chunk per evaluation, whole: its logits give the perplexity.
-        let params = context_params(
-            &ContextOptions {
-                batch_size: options.chunk_size,
-                ..context.clone()
-            },
-            options.chunk_size,
-        )
-        .with_n_ctx(NonZeroU32::new(options.chunk_size));
-        // SAFETY: `on_eval` catches every panic; `collector` outlives `ctx`, which is
-        // dropped at the end of this function, before it.
-        let params = unsafe { params.with_cb_eval(Some(on_eval), (&collector as *const Collector).cast_mut().cast()) };
-        super::log::start_capture();
-        let mut ctx = self
-            .model
-            .new_context(backend()?, params)
-            .map_err(|e| refusal(format!("cannot create a llama.cpp context of {n_ctx} tokens"), e))?;
+        let mut ctx = self.collecting_context(options.chunk_size, context, &collector)?;
         let mut perplexity = Perplexity::default();
         for chunk in 0..chunks {
             let mut window: Vec<LlamaToken> = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
             if let Some(bos) = bos {
                 window[0] = bos;
             }
-            ctx.clear_kv_cache();
-            let mut batch = LlamaBatch::new(n_ctx, 1);
-            for (position, token) in window.iter().enumerate() {
-                // Every position is an output: llama.cpp computes the last layer only for
-                // output rows, and its inputs are part of the matrix.
-                batch.add(*token, position as i32, &[0], true)?;
-            }
-            {
-                let _watch = super::rpc::watch();
-                ctx.decode(&mut batch).context("llama.cpp failed to evaluate a chunk")?;
-            }
+            evaluate_chunk(&mut ctx, &window)?;
             collector.check()?;
             for position in n_ctx / 2..n_ctx - 1 {
                 perplexity.add(ctx.get_logits_ith(position as i32), window[position + 1].0);
@@ -132,10 +115,46 @@ impl Engine {
         Ok(Imatrix {
             stats,
             chunks,
-            tokens: tokens.len(),
             perplexity: perplexity.value(),
         })
     }
+
+    /// A context of one chunk, evaluated whole, whose matrix multiplications `collector`
+    /// sees. It borrows `collector`, so it cannot outlive it.
+    fn collecting_context<'c>(
+        &'c self,
+        chunk_size: u32,
+        context: &ContextOptions,
+        collector: &'c Collector,
+    ) -> Result<LlamaContext<'c>> {
+        let params = context_params(
+            &ContextOptions {
+                batch_size: chunk_size,
+                ..context.clone()
+            },
+            chunk_size,
+        )
+        .with_n_ctx(NonZeroU32::new(chunk_size));
+        // SAFETY: `on_eval` catches every panic; the returned context borrows `collector`
+        // (lifetime 'c), so the pointer stays valid for every evaluation.
+        let params = unsafe { params.with_cb_eval(Some(on_eval), (collector as *const Collector).cast_mut().cast()) };
+        super::log::start_capture();
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| refusal(format!("cannot create a llama.cpp context of {chunk_size} tokens"), e))
+    }
+}
+
+/// Evaluates one chunk from an empty cache, every position an output: llama.cpp computes
+/// the last layer only for output rows, and its inputs are part of the matrix.
+fn evaluate_chunk(ctx: &mut LlamaContext<'_>, window: &[LlamaToken]) -> Result<()> {
+    ctx.clear_kv_cache();
+    let mut batch = LlamaBatch::new(window.len(), 1);
+    for (position, token) in window.iter().enumerate() {
+        batch.add(*token, position as i32, &[0], true)?;
+    }
+    let _watch = super::rpc::watch();
+    ctx.decode(&mut batch).context("llama.cpp failed to evaluate a chunk")
 }
 
 /// Mean negative log-likelihood of the next token, as perplexity.

@@ -58,9 +58,34 @@ pub fn reference(model: &str) -> Value {
     read_json(&model_dir(model).join("reference.json"))
 }
 
-fn work_dir() -> &'static tempfile::TempDir {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temporary directory"))
+/// A folder for files a test process keeps until it ends. A `TempDir` in a static is
+/// never dropped and would stay behind after every run; instead each process gets a
+/// folder named by its id under cargo's scratch folder for tests, and the folders of
+/// processes that have ended are removed when the next one starts.
+pub fn process_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("glm-tests");
+        std::fs::create_dir_all(&root).expect("test scratch folder");
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let ended = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+                .is_some_and(|pid| cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists());
+            if ended {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("test process folder");
+        dir
+    })
+}
+
+/// A new folder inside [`process_dir`], for files kept for the whole test process.
+pub fn process_temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(process_dir()).expect("temporary directory")
 }
 
 /// Converts a fixture once per test process and returns the GGUF path.
@@ -77,7 +102,7 @@ pub fn converted_with(model: &str, preset: &str, keep_mtp: bool) -> PathBuf {
     if let Some(path) = done.get(&key) {
         return path.clone();
     }
-    let output = work_dir().path().join(format!("{model}-{keep_mtp}-{}.gguf", preset));
+    let output = process_dir().join(format!("{model}-{keep_mtp}-{}.gguf", preset));
     let options = ConvertOptions {
         preset: Preset::load(preset).expect("built-in preset"),
         quantizer: Some(&GgmlQuantizer),
