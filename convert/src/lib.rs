@@ -17,6 +17,7 @@ pub mod fp8;
 pub mod gguf;
 pub mod imatrix;
 pub mod mmproj;
+mod output;
 pub mod preset;
 pub mod split;
 pub mod tensor_type;

@@ -11,9 +11,10 @@ use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::config::{HfConfig, VisionConfig};
 use crate::error::{read_json, ConvertError, Result};
 use crate::gguf::{MetaValue, Metadata};
+use crate::output::OutputOptions;
 use crate::preset::{ModelFacts, Preset};
 use crate::tensor_type::GgmlType;
-use crate::writer::{plan_headers, write_planned, ConvertOptions, ConvertSummary, OutputOptions, Progress};
+use crate::writer::{plan_headers, write_planned, ConvertOptions, ConvertSummary, Progress};
 
 /// CLIP's normalisation, which GLM-4.xV's image processor uses; taken when the checkpoint
 /// ships no preprocessor config.

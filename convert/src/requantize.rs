@@ -8,12 +8,13 @@ use std::path::Path;
 use crate::checkpoint::{RowDecoder, SourceDtype};
 use crate::error::{ConvertError, Result};
 use crate::gguf::{self, GgufFile, MetaValue, Metadata, TensorHeader};
+use crate::output::{write_model, OutputOptions, TensorSink};
 use crate::preset::{ModelFacts, TypePlanner};
 use crate::split;
 use crate::tensor_type::GgmlType;
 use crate::writer::{
-    check_importance, encode_rows, end_tensor_data, write_model, ConvertOptions, ConvertSummary, Encoder,
-    OutputOptions, Progress, TensorSink, WriteError, CHUNK_ELEMENTS,
+    check_importance, encode_rows, end_tensor_data, ConvertOptions, ConvertSummary, Encoder, Progress, WriteError,
+    CHUNK_ELEMENTS,
 };
 
 pub fn requantize(
