@@ -31,6 +31,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import update_file  # noqa: E402  (the results section writer the benchmarks share)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BENCH_HOME = os.environ.get("GLM_BENCH_HOME", os.path.expanduser("~/.cache/glm-bench"))
@@ -144,17 +147,6 @@ def report(args, results):
     return "\n".join(lines)
 
 
-def update_file(path, text):
-    with open(path, encoding="utf-8") as fh:
-        doc = fh.read()
-    if MARK_BEGIN not in doc or MARK_END not in doc:
-        sys.exit(f"convert.py: {path} lacks the markers {MARK_BEGIN} / {MARK_END}")
-    head, rest = doc.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--glm", default=os.path.expanduser("~/.cache/glm-target/release/glm"))
@@ -178,7 +170,7 @@ def main():
     text = report(args, results)
     print(text)
     if args.update:
-        update_file(args.update, text)
+        update_file(args.update, text, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

@@ -391,15 +391,16 @@ def report(args, data, bench, run, mtp, bw):
     return "\n".join(lines)
 
 
-def update_file(path, text):
+def update_file(path, text, begin=MARK_BEGIN, end=MARK_END):
+    """Replaces what lies between the markers `begin` and `end` of the file by `text`."""
     with open(path, encoding="utf-8") as fh:
         doc = fh.read()
-    if MARK_BEGIN not in doc or MARK_END not in doc:
-        raise SystemExit(f"run.py: {path} lacks the markers {MARK_BEGIN} / {MARK_END}")
-    head, rest = doc.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path} lacks the markers {begin} / {end}")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
+        fh.write(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main():
