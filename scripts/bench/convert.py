@@ -6,8 +6,8 @@ with llama.cpp's converter's requirements is given, against the whole two-step p
 (`convert_hf_to_gguf.py --outtype bf16`, then `llama-quantize`).
 
     python scripts/bench/convert.py [--glm PATH] [--llama-quantize PATH] [--rounds 3]
-        [--threads 2] [--models glm4-1.75b glm47flash-moe] [--converter-python PY]
-        [--update BENCHMARKS.md]
+        [--threads 2] [--models glm4-1.75b glm47flash-moe]
+        [--converter-python PY --converter-dir SDIST/vendor/llama.cpp] [--update BENCHMARKS.md]
 
 The checkpoints are those of scripts/bench/make-checkpoints.py (run it first with
 --no-convert; glm4-1.75b: vocabulary 151552, 3.5 GB of BF16; glm47flash-moe: 154880,
@@ -106,9 +106,8 @@ def measure_model(args, model, work):
         "ratios": [g / q for g, q in zip(times["glm"], times["llama"])],
     }
     if args.converter_python:
-        llama_cpp = os.path.join(BENCH_HOME, "sdist", "llama_cpp_python-0.3.36", "vendor", "llama.cpp")
         secs, peak = timed([args.converter_python, os.path.join(ROOT, "benches", "hf_convert_bf16.py"),
-                            llama_cpp, checkpoint, os.path.join(work, "hf-BF16.gguf")],
+                            args.converter_dir, checkpoint, os.path.join(work, "hf-BF16.gguf")],
                            os.path.join(work, "hf.log"), args.threads)
         os.remove(os.path.join(work, "hf-BF16.gguf"))
         result["hf_convert"] = (secs, peak)
@@ -159,11 +158,15 @@ def main():
                     "beside the checkpoints]")
     ap.add_argument("--converter-python", help="a Python with torch, transformers, safetensors and numpy "
                     "(tests/fixtures/requirements.txt), for the two-step path's first step")
+    ap.add_argument("--converter-dir", help="with --converter-python: vendor/llama.cpp of the unpacked "
+                    "llama-cpp-python 0.3.36 sdist (convert_hf_to_gguf.py and gguf-py)")
     ap.add_argument("--update", metavar="FILE", help="write the results between the markers of FILE")
     args = ap.parse_args()
     for tool in (args.glm, args.llama_quantize):
         if not os.access(tool, os.X_OK):
             sys.exit(f"convert.py: {tool} is not there; see BENCHMARKS.md (Reproduce)")
+    if args.converter_python and not os.path.isfile(os.path.join(args.converter_dir or "", "convert_hf_to_gguf.py")):
+        sys.exit("convert.py: --converter-python needs --converter-dir with convert_hf_to_gguf.py")
     work = args.work or tempfile.mkdtemp(prefix="convert-bench-", dir=BENCH_HOME)
     os.makedirs(work, exist_ok=True)
     results = [measure_model(args, model, work) for model in args.models]
