@@ -15,7 +15,8 @@ The checkpoints are those of scripts/bench/make-checkpoints.py (run it first wit
 checkpoint (the same tensors convert_hf_to_gguf.py writes). Both inputs are read once
 before the rounds so that both sides start from a warm page cache; each round runs the
 two sides one after the other, the order swapped every round (A B, B A, ...). Each step
-runs under /usr/bin/time for its wall time and peak resident memory. Reported: the
+runs under /usr/bin/time for its wall time and peak resident memory, after a `sync` so
+that no step pays for the previous one's writes. Reported: the
 mean wall time of each side, the ratio glm / llama-quantize per round and overall, and
 the peak memory. Outputs are deleted after each step.
 
@@ -44,6 +45,9 @@ def timed(cmd, log, threads):
     """Runs cmd (glm's conversion threads set to `threads`); returns (seconds, peak MiB)."""
     stats = log + ".time"
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    # The previous step's output is on its way to disk; let it land first, so that no
+    # step pays for another's writes.
+    os.sync()
     with open(log, "w") as out:
         result = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", stats] + cmd,
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -105,13 +109,13 @@ def measure_model(args, model, work):
         "glm_peak": max(peaks["glm"]), "llama_peak": max(peaks["llama"]),
         "ratios": [g / q for g, q in zip(times["glm"], times["llama"])],
     }
+    os.remove(bf16)
     if args.converter_python:
         secs, peak = timed([args.converter_python, os.path.join(ROOT, "benches", "hf_convert_bf16.py"),
                             args.converter_dir, checkpoint, os.path.join(work, "hf-BF16.gguf")],
                            os.path.join(work, "hf.log"), args.threads)
         os.remove(os.path.join(work, "hf-BF16.gguf"))
         result["hf_convert"] = (secs, peak)
-    os.remove(bf16)
     return result
 
 
