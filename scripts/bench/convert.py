@@ -12,13 +12,13 @@ with llama.cpp's converter's requirements is given, against the whole two-step p
 The checkpoints are those of scripts/bench/make-checkpoints.py (run it first with
 --no-convert; glm4-1.75b: vocabulary 151552, 3.5 GB of BF16; glm47flash-moe: 154880,
 7.8 GB). The BF16 GGUF llama-quantize reads is `glm convert --quant bf16` of the same
-checkpoint (the same tensors convert_hf_to_gguf.py writes). Both inputs are read once
-before the rounds so that both sides start from a warm page cache; each round runs the
-two sides one after the other, the order swapped every round (A B, B A, ...). Each step
-runs under /usr/bin/time for its wall time and peak resident memory, after a `sync` so
-that no step pays for the previous one's writes. Reported: the
-mean wall time of each side, the ratio glm / llama-quantize per round and overall, and
-the peak memory. Outputs are deleted after each step.
+checkpoint (the same tensors convert_hf_to_gguf.py writes). Each round runs the two
+sides one after the other, the order swapped every round (A B, B A, ...); each side's
+input is read right before its step (so that both start from a warm page cache) and a
+`sync` lets the previous step's writes land. Each step runs under /usr/bin/time for its
+wall time, CPU time and peak resident memory. Reported: the mean wall time of each side,
+the ratio glm / llama-quantize per round and overall, the ratio of CPU time, and the
+peak memory. Outputs are deleted after each step.
 
 Standard library only. Nothing else should run on the machine meanwhile.
 """
@@ -42,22 +42,23 @@ MARK_BEGIN, MARK_END = "<!-- convert-results:begin -->", "<!-- convert-results:e
 
 
 def timed(cmd, log, threads):
-    """Runs cmd (glm's conversion threads set to `threads`); returns (seconds, peak MiB)."""
+    """Runs cmd (glm's conversion threads set to `threads`); returns (seconds, peak MiB,
+    CPU seconds)."""
     stats = log + ".time"
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     # The previous step's output is on its way to disk; let it land first, so that no
     # step pays for another's writes.
     os.sync()
     with open(log, "w") as out:
-        result = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", stats] + cmd,
+        result = subprocess.run(["/usr/bin/time", "-f", "%e %M %U %S", "-o", stats] + cmd,
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         with open(log) as fh:
             tail = fh.read()[-2000:]
         sys.exit(f"convert.py: {' '.join(cmd)} failed:\n{tail}")
     with open(stats) as fh:
-        secs, kib = fh.read().split()[-2:]
-    return float(secs), int(kib) / 1024
+        secs, kib, user, system = fh.read().split()[-4:]
+    return float(secs), int(kib) / 1024, float(user) + float(system)
 
 
 def warm(paths):
@@ -83,7 +84,7 @@ def measure_model(args, model, work):
     print(f"{model}: writing the BF16 GGUF llama-quantize reads", file=sys.stderr)
     timed([args.glm, "convert", checkpoint, "--quant", "bf16", "-o", bf16, "--force"],
           os.path.join(work, "bf16.log"), args.threads)
-    warm(files_under(checkpoint) + [bf16])
+    inputs = {"glm": files_under(checkpoint), "llama": [bf16]}
     glm_out = os.path.join(work, "glm-Q4_K_M.gguf")
     llama_out = os.path.join(work, "llama-Q4_K_M.gguf")
     sides = {
@@ -92,12 +93,18 @@ def measure_model(args, model, work):
     }
     times = {"glm": [], "llama": []}
     peaks = {"glm": [], "llama": []}
+    cpu = {"glm": [], "llama": []}
     for round_index in range(args.rounds):
         order = ["glm", "llama"] if round_index % 2 == 0 else ["llama", "glm"]
         for side in order:
-            secs, peak = timed(sides[side], os.path.join(work, f"{side}.log"), args.threads)
+            # Each side's input is read right before its step: with both inputs and the
+            # outputs near the machine's memory, the other side's step may have pushed
+            # part of it out of the page cache.
+            warm(inputs[side])
+            secs, peak, cpu_secs = timed(sides[side], os.path.join(work, f"{side}.log"), args.threads)
             times[side].append(secs)
             peaks[side].append(peak)
+            cpu[side].append(cpu_secs)
             for out in (glm_out, llama_out):
                 if os.path.exists(out):
                     os.remove(out)
@@ -108,10 +115,11 @@ def measure_model(args, model, work):
         "glm": times["glm"], "llama": times["llama"],
         "glm_peak": max(peaks["glm"]), "llama_peak": max(peaks["llama"]),
         "ratios": [g / q for g, q in zip(times["glm"], times["llama"])],
+        "cpu_ratio": statistics.mean(cpu["glm"]) / statistics.mean(cpu["llama"]),
     }
     os.remove(bf16)
     if args.converter_python:
-        secs, peak = timed([args.converter_python, os.path.join(ROOT, "benches", "hf_convert_bf16.py"),
+        secs, peak, _ = timed([args.converter_python, os.path.join(ROOT, "benches", "hf_convert_bf16.py"),
                             args.converter_dir, checkpoint, os.path.join(work, "hf-BF16.gguf")],
                            os.path.join(work, "hf.log"), args.threads)
         os.remove(os.path.join(work, "hf-BF16.gguf"))
@@ -131,13 +139,14 @@ def report(args, results):
              f"(`RAYON_NUM_THREADS` for glm, the thread argument of llama-quantize); {args.rounds} alternated "
              f"rounds; inputs in the page cache.", "",
              "| model | checkpoint | `glm convert --quant q4_k_m` | `llama-quantize` BF16 → Q4_K_M | "
-             "**ratio glm / llama-quantize** | per-round ratios | peak memory glm / llama-quantize |",
-             "|---|---:|---:|---:|---:|---|---|"]
+             "**ratio glm / llama-quantize** | per-round ratios | CPU time ratio | "
+             "peak memory glm / llama-quantize |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
     for r in results:
         glm_mean, llama_mean = statistics.mean(r["glm"]), statistics.mean(r["llama"])
         lines.append(f"| {r['model']} | {r['checkpoint_gb']:.2f} GB | {glm_mean:.1f} s | {llama_mean:.1f} s | "
                      f"**{glm_mean / llama_mean:.3f}** | {', '.join(f'{x:.3f}' for x in r['ratios'])} | "
-                     f"{r['glm_peak']:.0f} MiB / {r['llama_peak']:.0f} MiB |")
+                     f"{r['cpu_ratio']:.3f} | {r['glm_peak']:.0f} MiB / {r['llama_peak']:.0f} MiB |")
     two_step = [r for r in results if "hf_convert" in r]
     if two_step:
         lines += ["", "| model | `convert_hf_to_gguf.py --outtype bf16` | + `llama-quantize` = two-step | "
