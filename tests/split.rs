@@ -141,6 +141,16 @@ fn quantize_reads_and_writes_split_sets() {
         assert!(matches!(file.header.get("split.count"), Some(MetaValue::U16(n)) if *n as usize == parts.len()));
     }
 
+    // No output lands on a later part of the input, even with --force.
+    let second = std::fs::read(&parts[1]).expect("read part");
+    let out = glm(&[&"quantize", &parts[0], &parts[1], &"--quant", &"copy", &"--force"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("is an input"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&parts[1]).expect("read part") == second);
+
     let from_whole = dir.path().join("from-whole.gguf");
     let from_split = dir.path().join("from-split.gguf");
     succeeded(glm(&[&"quantize", &whole, &from_whole, &"--quant", &"q8_0"]));
